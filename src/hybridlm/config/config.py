@@ -1,0 +1,213 @@
+"""The whole experiment as one typed value: model, data, train, run and fla sections.
+
+Configs round-trip through TOML files, and `--set section.key=value` overrides are parsed as
+TOML literals and type-checked against the dataclass fields, so `--set train.lr=2e-3` and
+`--set model.attention_layers=[5,11]` work and `--set train.lr=fast` is a one-line error.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hybridlm.config.data_config import DataConfig
+from hybridlm.config.model_config import AttentionConfig, ModelConfig, apply_gdn_aliases
+from hybridlm.config.train_config import PRECISIONS, SCHEDULES, FlaConfig, RunConfig, TrainConfig
+from hybridlm.errors import ConfigError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+SECTIONS = ("model", "data", "train", "run", "fla")
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+    fla: FlaConfig = field(default_factory=FlaConfig)
+
+    def validate(self) -> "Config":
+        self.model.validate()
+        t, d = self.train, self.data
+        for name in ("max_steps", "batch_size", "grad_accum", "eval_interval", "eval_batches",
+                     "save_interval", "log_interval", "keep_checkpoints"):
+            if getattr(t, name) <= 0:
+                raise ConfigError(f"train.{name} must be positive, got {getattr(t, name)}")
+        if t.warmup_steps < 0:
+            raise ConfigError(f"train.warmup_steps must be >= 0, got {t.warmup_steps}")
+        if not t.lr > 0:
+            raise ConfigError(f"train.lr must be positive, got {t.lr}")
+        if not 0 <= t.min_lr_ratio <= 1:
+            raise ConfigError(f"train.min_lr_ratio must be within [0, 1], got {t.min_lr_ratio}")
+        if t.precision not in PRECISIONS:
+            raise ConfigError(f"train.precision must be one of {', '.join(PRECISIONS)}; got {t.precision!r}")
+        if t.schedule not in SCHEDULES:
+            raise ConfigError(f"train.schedule must be one of {', '.join(SCHEDULES)}; got {t.schedule!r}")
+        if d.seq_len <= 0:
+            raise ConfigError(f"data.seq_len must be positive, got {d.seq_len}")
+        if not 0 < d.val_fraction < 1:
+            raise ConfigError(f"data.val_fraction must be within (0, 1), got {d.val_fraction}")
+        if d.on_exhausted not in ("repeat", "stop"):
+            raise ConfigError(f"data.on_exhausted must be 'repeat' or 'stop', got {d.on_exhausted!r}")
+        return self
+
+    # ------------------------------------------------------------------ dicts
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any], base: "Config | None" = None) -> "Config":
+        """Build from nested dicts (a parsed TOML file); unknown sections or keys are errors."""
+        config = base if base is not None else cls()
+        for section, content in values.items():
+            if section not in SECTIONS:
+                raise ConfigError(f"unknown config section [{section}]; sections are {', '.join(SECTIONS)}")
+            if not isinstance(content, dict):
+                raise ConfigError(f"[{section}] must be a table of key = value pairs")
+            if section == "model":
+                content = apply_gdn_aliases(content, current_head_dim=config.model.head_dim)
+            for key, value in content.items():
+                set_value(config, f"{section}.{key}", value, validate=False)
+        config.model.__post_init__()
+        return config.validate()
+
+    # ------------------------------------------------------------------- TOML
+    def to_toml(self) -> str:
+        import tomli_w
+
+        return tomli_w.dumps(_drop_none(self.to_dict()))
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(self.to_toml())
+
+    @classmethod
+    def load(cls, path: str | Path, base: "Config | None" = None) -> "Config":
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file {path} does not exist")
+        try:
+            values = tomllib.loads(path.read_text())
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+        return cls.from_dict(values, base=base)
+
+    def copy(self) -> "Config":
+        return Config.from_dict(_drop_none(self.to_dict()))
+
+    def with_overrides(self, assignments: list[str]) -> "Config":
+        """Apply `section.key=value` strings (values parsed as TOML literals) to a copy."""
+        config = self.copy()
+        for assignment in assignments:
+            key, value = parse_assignment(assignment)
+            set_value(config, key, value, validate=False)
+        config.model.__post_init__()
+        return config.validate()
+
+
+def _drop_none(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _drop_none(v) for k, v in value.items() if v is not None}
+    return value
+
+
+def parse_assignment(text: str) -> tuple[str, Any]:
+    """'train.lr=2e-3' -> ('train.lr', 0.002); bare words stay strings; none/null mean None."""
+    if "=" not in text:
+        raise ConfigError(f"--set expects key=value (e.g. train.lr=2e-3), got {text!r}")
+    key, raw = (part.strip() for part in text.split("=", 1))
+    if raw.lower() in ("none", "null"):
+        return key, None
+    try:
+        return key, tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        return key, raw
+
+
+def set_value(config: Config, dotted_key: str, value: Any, validate: bool = True) -> None:
+    """Assign `config.<dotted_key> = value` after checking the key exists and the type fits."""
+    parts = dotted_key.split(".")
+    if len(parts) < 2 or parts[0] not in SECTIONS:
+        raise ConfigError(f"unknown config key {dotted_key!r}; keys look like section.name, "
+                          f"with section one of {', '.join(SECTIONS)}")
+    if parts[0] == "model" and len(parts) == 2:
+        renamed = apply_gdn_aliases({parts[1]: value}, current_head_dim=config.model.head_dim)
+        if len(renamed) == 1:
+            (key, value), = renamed.items()
+            parts = ["model", key]
+    target: Any = config
+    for i, part in enumerate(parts[:-1]):
+        target = getattr(target, part)
+        if not dataclasses.is_dataclass(target):
+            raise ConfigError(f"unknown config key {dotted_key!r}: {'.'.join(parts[:i + 1])} has no sub-keys")
+    name = parts[-1]
+    hints = typing.get_type_hints(type(target))
+    if name not in hints:
+        known = ", ".join(f.name for f in dataclasses.fields(target))
+        raise ConfigError(f"unknown config key {dotted_key!r}; known keys of {'.'.join(parts[:-1])}: {known}")
+    if dataclasses.is_dataclass(hints[name]) and isinstance(value, dict):
+        for sub_key, sub_value in value.items():
+            set_value(config, f"{dotted_key}.{sub_key}", sub_value, validate=False)
+        return
+    setattr(target, name, _coerce(dotted_key, value, hints[name]))
+    # the layout has two spellings; setting one replaces the other
+    if target is config.model and name == "layout" and value is not None:
+        config.model.attention_layers = []
+    elif target is config.model and name == "attention_layers":
+        config.model.layout = None
+    if validate:
+        config.model.__post_init__()
+        config.validate()
+
+
+def _coerce(key: str, value: Any, annotation: Any) -> Any:
+    """Check `value` against a field annotation (int, float, bool, str, list[int], X | None)."""
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(annotation)
+        if value is None and type(None) in options:
+            return None
+        errors = []
+        for option in options:
+            if option is type(None):
+                continue
+            try:
+                return _coerce(key, value, option)
+            except ConfigError as exc:
+                errors.append(str(exc))
+        raise ConfigError(errors[0] if errors else f"{key} cannot be {value!r}")
+    if origin is list:
+        (item_type,) = typing.get_args(annotation)
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key} must be a list like [5, 11], got {value!r}")
+        return [_coerce(f"{key}[]", v, item_type) for v in value]
+    if annotation is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key} must be true or false, got {value!r}")
+    if annotation is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        raise ConfigError(f"{key} must be an integer, got {value!r}")
+    if annotation is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise ConfigError(f"{key} must be a number, got {value!r}")
+    if annotation is str:
+        if isinstance(value, str):
+            return value
+        raise ConfigError(f"{key} must be a string, got {value!r}")
+    if annotation is AttentionConfig and isinstance(value, AttentionConfig):
+        return value
+    raise ConfigError(f"{key} cannot be set to {value!r}")

@@ -1,0 +1,27 @@
+"""Pre-norm residual block: x + mixer(norm(x)), then x + mlp(norm(x)). FLA's names: attn, mlp."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from hybridlm.config.model_config import ModelConfig
+from hybridlm.model.attention import Attention
+from hybridlm.model.gated_deltanet import GatedDeltaNet
+from hybridlm.model.mlp import SwiGLU
+from hybridlm.model.norm import RMSNorm
+
+
+class Block(nn.Module):
+    def __init__(self, config: ModelConfig, layer_idx: int):
+        super().__init__()
+        self.layer_type = config.layer_types[layer_idx]
+        self.attn_norm = RMSNorm(config.hidden_size, eps=config.norm_eps)
+        mixer = Attention if self.layer_type == "attention" else GatedDeltaNet
+        self.attn = mixer(config, layer_idx)
+        self.mlp_norm = RMSNorm(config.hidden_size, eps=config.norm_eps)
+        self.mlp = SwiGLU(config.hidden_size, config.mlp_intermediate_size)
+
+    def forward(self, x: torch.Tensor, cache: dict | None = None) -> torch.Tensor:
+        x = x + self.attn(self.attn_norm(x), cache=cache)
+        return x + self.mlp(self.mlp_norm(x))

@@ -1,0 +1,30 @@
+"""RMS normalisation, plain and gated, computed in float32 as FLA's fused kernels do."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class RMSNorm(nn.Module):
+    """y = x / rms(x) * weight; the statistics in float32 whatever the input dtype."""
+
+    def __init__(self, hidden_size: int, eps: float = 1e-6):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(hidden_size))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        xf = x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+        y = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
+        return (y * self.weight.to(y.dtype)).to(x.dtype)
+
+
+class GatedRMSNorm(RMSNorm):
+    """RMSNorm(x) * silu(gate): the GDN output norm (FLA's `FusedRMSNormGated`, swish gate)."""
+
+    def forward(self, x: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        y = super().forward(x)
+        gf = gate.float() if gate.dtype in (torch.float16, torch.bfloat16) else gate
+        return (y.to(gf.dtype) * F.silu(gf)).to(x.dtype)

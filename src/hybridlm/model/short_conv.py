@@ -1,0 +1,31 @@
+"""Causal depthwise short convolution followed by SiLU (FLA's `ShortConvolution`).
+
+The weight is an `nn.Conv1d` depthwise kernel `[D, 1, K]`, so checkpoints match FLA's. For
+decoding, the last K-1 inputs are the convolution's state: a new token needs only them.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class ShortConvolution(nn.Conv1d):
+    def __init__(self, hidden_size: int, kernel_size: int = 4):
+        super().__init__(hidden_size, hidden_size, kernel_size, groups=hidden_size, bias=False,
+                         padding=0)
+
+    def forward(self, x: torch.Tensor, tail: torch.Tensor | None = None,  # type: ignore[override]
+                return_tail: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """x: [B, T, D]; tail: the previous K-1 inputs [B, K-1, D] (zeros when None).
+
+        Returns silu(conv(x)) [B, T, D] and, when asked, the new tail for the next call.
+        """
+        k = self.kernel_size[0]
+        if tail is None:
+            tail = x.new_zeros(x.shape[0], k - 1, x.shape[2])
+        full = torch.cat([tail.to(x.dtype), x], dim=1)  # [B, K-1+T, D]
+        y = F.conv1d(full.transpose(1, 2), self.weight.to(x.dtype), groups=self.groups).transpose(1, 2)
+        new_tail = full[:, full.shape[1] - (k - 1):] if return_tail else None
+        return F.silu(y), new_tail

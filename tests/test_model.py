@@ -1,0 +1,127 @@
+"""Whole-model numerics: cached decoding equals the full forward; the fused loss equals plain CE."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from hybridlm.config import ModelConfig
+from hybridlm.config.model_config import AttentionConfig
+from hybridlm.model import HybridLM
+from hybridlm.ops.cross_entropy import linear_cross_entropy
+
+
+def small_config(layout: str, window: int | None = None, **kwargs) -> ModelConfig:
+    base = dict(vocab_size=97, hidden_size=32, num_hidden_layers=len(layout), num_heads=2, head_dim=16,
+                intermediate_size=64, layout=layout, kernels="torch",
+                attention=AttentionConfig(num_heads=4, num_kv_heads=2, window_size=window))
+    base.update(kwargs)
+    return ModelConfig(**base)
+
+
+@pytest.mark.parametrize("layout, window, extra", [
+    ("GGG", None, {}),                                  # pure GDN
+    ("AAA", None, {}),                                  # pure attention (GQA 4 heads / 2 kv heads)
+    ("GAG", None, {}),                                  # hybrid
+    ("AGA", 5, {}),                                     # attention window smaller than the sequence
+    ("GG", None, dict(num_v_heads=4, expand_v=2.0)),    # grouped value heads, wider values
+    ("GA", None, dict(use_gate=False, allow_neg_eigval=True)),
+])
+def test_cached_decoding_matches_full_forward_float64(layout, window, extra):
+    torch.manual_seed(0)
+    model = HybridLM(small_config(layout, window, **extra)).double().eval()
+    ids = torch.randint(0, 97, (2, 29))
+    with torch.no_grad():
+        full = model(ids).logits
+        cache = model.new_cache()
+        steps = torch.cat([model(ids[:, t:t + 1], cache=cache).logits for t in range(ids.shape[1])], dim=1)
+        cache = model.new_cache()  # prefill in two pieces, the second longer than the window
+        pieces = torch.cat([model(ids[:, :11], cache=cache).logits, model(ids[:, 11:], cache=cache).logits], 1)
+    assert (steps - full).abs().max().item() <= 1e-9
+    assert (pieces - full).abs().max().item() <= 1e-9
+    assert cache.seen_tokens == 29
+
+
+def test_attention_cache_is_bounded_by_window():
+    model = HybridLM(small_config("A", window=4)).double().eval()
+    cache = model.new_cache()
+    with torch.no_grad():
+        for _ in range(10):
+            model(torch.randint(0, 97, (1, 1)), cache=cache)
+    assert cache.layers[0]["k"].shape[1] == 3
+
+
+def test_gdn_decoding_state_has_constant_size():
+    model = HybridLM(small_config("G")).eval()
+    cache = model.new_cache()
+    with torch.no_grad():
+        model(torch.randint(0, 97, (1, 50)), cache=cache)
+        shapes = (cache.layers[0]["state"].shape, cache.layers[0]["conv"]["q"].shape)
+        model(torch.randint(0, 97, (1, 1)), cache=cache)
+    assert (cache.layers[0]["state"].shape, cache.layers[0]["conv"]["q"].shape) == shapes
+    assert shapes[0] == (1, 2, 16, 16) and shapes[1] == (1, 3, 32)
+
+
+def test_chunked_loss_equals_plain_cross_entropy_and_its_gradients():
+    torch.manual_seed(0)
+    hidden = torch.randn(3, 50, 16, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(1000, 16, dtype=torch.float64, requires_grad=True)
+    targets = torch.randint(0, 1000, (3, 50))
+    targets[0, :7] = -100
+    fused = linear_cross_entropy(hidden, weight, targets, chunk_rows=17)
+    plain = F.cross_entropy((hidden @ weight.t()).reshape(-1, 1000), targets.reshape(-1), ignore_index=-100)
+    assert abs(fused.item() - plain.item()) < 1e-12
+    g_fused = torch.autograd.grad(fused, (hidden, weight))
+    g_plain = torch.autograd.grad(plain, (hidden, weight))
+    for a, b in zip(g_fused, g_plain):
+        assert (a - b).abs().max().item() < 1e-12
+
+
+def test_model_loss_without_logits_matches_logits_loss():
+    torch.manual_seed(0)
+    model = HybridLM(small_config("GA"))
+    ids = torch.randint(0, 97, (2, 16))
+    labels = torch.roll(ids, -1, dims=1)
+    out = model(ids, labels=labels, return_logits=False)
+    assert out.logits is None
+    reference = F.cross_entropy(model(ids).logits.reshape(-1, 97), labels.reshape(-1))
+    assert abs(out.loss.item() - reference.item()) < 1e-5
+
+
+def test_generate_is_seeded_and_stops_at_eos():
+    torch.manual_seed(0)
+    model = HybridLM(small_config("GA"))
+    prompt = torch.randint(0, 97, (2, 5))
+    a = model.generate(prompt, max_new_tokens=8, temperature=1.0, top_k=20, top_p=0.9, seed=3)
+    b = model.generate(prompt, max_new_tokens=8, temperature=1.0, top_k=20, top_p=0.9, seed=3)
+    assert a.shape == (2, 13) and torch.equal(a, b) and torch.equal(a[:, :5], prompt)
+    greedy = model.generate(prompt, max_new_tokens=4, temperature=0)
+    eos = int(greedy[0, 5])
+    stopped = model.generate(prompt[:1], max_new_tokens=10, temperature=0, eos_token_id=eos)
+    assert stopped.shape[1] == 6 and int(stopped[0, -1]) == eos
+
+
+def test_top_k_one_is_greedy():
+    from hybridlm.model.generation import sample_next
+
+    logits = torch.randn(4, 50)
+    assert torch.equal(sample_next(logits, 1.0, top_k=1), logits.argmax(-1))
+    assert torch.equal(sample_next(logits, 1.0, top_p=1e-6), logits.argmax(-1))
+
+
+def test_tied_embeddings_share_the_tensor():
+    model = HybridLM(small_config("G", tie_word_embeddings=True))
+    assert model.lm_head.weight is model.model.embeddings.weight
+    assert model.num_parameters() == model.num_parameters(non_embedding=True) + 97 * 32
+
+
+def test_fla_initialisation_ranges():
+    torch.manual_seed(0)
+    model = HybridLM(small_config("GA", hidden_size=64))
+    gdn = model.model.layers[0].attn
+    a = gdn.A_log.exp()
+    assert (a > 0).all() and (a < 16).all()
+    dt = torch.nn.functional.softplus(gdn.dt_bias)
+    assert (dt >= 1e-4 - 1e-7).all() and (dt <= 0.1 + 1e-6).all()
+    std = model.model.layers[0].mlp.up_proj.weight.std().item()
+    assert 0.015 < std < 0.025
+    assert torch.equal(model.model.norm.weight, torch.ones(64))
