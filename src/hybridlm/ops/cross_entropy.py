@@ -74,3 +74,29 @@ def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: to
         weight = weight.to(hidden2d.dtype)
     rows = chunk_rows or _chunk_rows(weight.shape[0])
     return _LinearCrossEntropy.apply(hidden2d, weight, targets1d, rows)
+
+
+@torch.no_grad()
+def linear_cross_entropy_stats(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
+                               chunk_rows: int | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """For evaluation: (summed loss, number of argmax hits, number of counted targets), on device.
+
+    Same chunking as the training loss, so validating a 50k-vocabulary model never holds all logits.
+    """
+    hidden2d = hidden.reshape(-1, hidden.shape[-1])
+    targets1d = targets.reshape(-1)
+    weight = weight.to(hidden2d.dtype)
+    rows = chunk_rows or _chunk_rows(weight.shape[0])
+    acc_dtype = torch.float64 if hidden2d.dtype == torch.float64 else torch.float32
+    loss_sum = torch.zeros((), dtype=acc_dtype, device=hidden2d.device)
+    hits = torch.zeros((), dtype=torch.long, device=hidden2d.device)
+    valid = targets1d != IGNORE_INDEX
+    for start in range(0, hidden2d.shape[0], rows):
+        end = min(start + rows, hidden2d.shape[0])
+        logits = (hidden2d[start:end] @ weight.t()).to(acc_dtype)
+        t, ok = targets1d[start:end], valid[start:end]
+        safe = torch.where(ok, t, torch.zeros_like(t))
+        per_row = torch.logsumexp(logits, -1) - logits.gather(1, safe[:, None])[:, 0]
+        loss_sum += torch.where(ok, per_row, torch.zeros_like(per_row)).sum()
+        hits += ((logits.argmax(-1) == t) & ok).sum()
+    return loss_sum, hits, valid.sum()

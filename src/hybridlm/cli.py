@@ -1,0 +1,213 @@
+"""The `hybridlm` command: one entry point whose subcommands mirror the jobs.
+
+Each subcommand's work lives in its own module; this file only parses arguments, imports
+lazily (so `--help` is instant) and turns user errors into one-line messages.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+
+def _add_config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--preset", help="named preset (see `hybridlm presets`)")
+    p.add_argument("--config", help="TOML file with [model] [data] [train] [run] [fla] sections")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a field, e.g. --set train.lr=2e-3 --set model.attention_layers=[5,11]")
+
+
+def build_config(args):
+    from hybridlm.config import Config, preset
+
+    config = preset(args.preset) if args.preset else Config()
+    if args.config:
+        config = Config.load(args.config, base=config)
+    if getattr(args, "fla_path", None):
+        args.overrides = [*args.overrides, f"fla.path={_toml_string(args.fla_path)}"]
+    return config.with_overrides(args.overrides)
+
+
+def _toml_string(text: str) -> str:
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+# ---------------------------------------------------------------- subcommands
+def cmd_train(args) -> int:
+    from hybridlm.train import train
+
+    if args.resume:
+        config = build_config(args) if (args.overrides or args.config or args.preset) else None
+        if config is not None and (args.config or args.preset):
+            print("note: --resume uses the run's own config; only train.max_steps is taken from the new one",
+                  file=sys.stderr)
+        results = train(config, resume=args.resume, extend_steps=args.extend_steps, progress=args.progress)
+    else:
+        if args.extend_steps is not None:
+            from hybridlm.errors import ConfigError
+
+            raise ConfigError("--extend-steps needs --resume DIR (the finished run to continue)")
+        config = build_config(args)
+        out = args.out or str(Path("runs") / (config.run.name or args.preset or "run"))
+        results = train(config, out=out, progress=args.progress)
+    from hybridlm.reports import print_results
+
+    print_results(results)
+    return 0
+
+
+def cmd_presets(args) -> int:
+    from hybridlm.reports import print_presets
+
+    print_presets()
+    return 0
+
+
+def cmd_info(args) -> int:
+    from hybridlm.reports import print_info
+
+    if not args.run and not args.preset and not args.config:
+        from hybridlm.errors import ConfigError
+
+        raise ConfigError("info needs --preset NAME, --config FILE or --run DIR")
+    if args.run:
+        from hybridlm.runs import find_run_dir, load_run_config
+
+        config = load_run_config(find_run_dir(args.run)[0])
+    else:
+        config = build_config(args)
+    print_info(config)
+    return 0
+
+
+def cmd_generate(args) -> int:
+    from hybridlm.generate import stream_text
+
+    stream_text(args.run, args.prompt, checkpoint=args.checkpoint, max_new_tokens=args.max_new_tokens,
+                temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed,
+                device=args.device)
+    return 0
+
+
+def cmd_doctor(args) -> int:
+    from hybridlm.doctor import print_doctor
+
+    if args.fla_path:
+        os.environ["HYBRIDLM_FLA_PATH"] = args.fla_path
+    print_doctor()
+    return 0
+
+
+def cmd_export(args) -> int:
+    from hybridlm.interop import save_fla
+    from hybridlm.runs import load_run
+
+    model, tokenizer = load_run(args.run, checkpoint=args.checkpoint)
+    path = save_fla(model, args.out)
+    tokenizer.save(path)
+    print(f"wrote FLA checkpoint {path} (config.json, model.safetensors, tokenizer)")
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from hybridlm.demo import run_demo
+
+    run_demo(out=args.out, steps=args.steps, progress=args.progress)
+    return 0
+
+
+# ------------------------------------------------------------------- parser
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="hybridlm", description="Train, ablate and evaluate hybrid Gated DeltaNet / attention LMs.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("train", help="train a model from a preset / config (or resume / extend a run)")
+    _add_config_args(p)
+    p.add_argument("--out", help="run directory (default runs/<name>)")
+    p.add_argument("--resume", help="run directory or checkpoint to resume from")
+    p.add_argument("--extend-steps", type=int, help="continue a finished run to this many total steps")
+    p.add_argument("--fla-path", help="local flash-linear-attention clone to import fla from")
+    _add_progress_args(p)
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("presets", help="list the named presets")
+    p.set_defaults(func=cmd_presets)
+
+    p = sub.add_parser("info", help="layer map, parameter counts, FLOPs and memory of a preset or run")
+    _add_config_args(p)
+    p.add_argument("--run", help="run directory")
+    p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser("generate", help="sample text from a trained run, streamed as it is produced")
+    p.add_argument("--run", required=True, help="run directory")
+    p.add_argument("--checkpoint", default="best", help="best | final | latest | step_NNNNNN | PATH")
+    p.add_argument("--prompt", default="", help="text to continue (default: start of a document)")
+    p.add_argument("--max-new-tokens", type=int, default=200)
+    p.add_argument("--temperature", type=float, default=0.8)
+    p.add_argument("--top-k", type=int, default=50)
+    p.add_argument("--top-p", type=float, default=None)
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser("doctor", help="what this machine has: torch, CUDA, GPU, triton, FLA, tilelang")
+    p.add_argument("--fla-path", help="local flash-linear-attention clone to check")
+    p.set_defaults(func=cmd_doctor)
+
+    p = sub.add_parser("export", help="write a run's checkpoint as an FLA / Hugging Face directory")
+    p.add_argument("--run", required=True)
+    p.add_argument("--checkpoint", default="best")
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("demo", help="the README demo: train cpu_demo, print results and sample text")
+    p.add_argument("--out", default="runs/cpu_demo")
+    p.add_argument("--steps", type=int, default=None, help="override the number of training steps")
+    _add_progress_args(p)
+    p.set_defaults(func=cmd_demo)
+
+    _add_extension_commands(sub)
+    return parser
+
+
+def _add_progress_args(p: argparse.ArgumentParser) -> None:
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--progress", dest="progress", action="store_true", default=None,
+                       help="always show a progress bar")
+    group.add_argument("--no-progress", dest="progress", action="store_false",
+                       help="plain log lines instead of a progress bar")
+
+
+def _add_extension_commands(sub) -> None:
+    """Subcommands that live in their own modules (verify, sweep, compare, eval)."""
+    import importlib
+
+    for module in ("hybridlm.verify_cli", "hybridlm.sweep.cli", "hybridlm.evaluation.cli"):
+        try:
+            mod = importlib.import_module(module)
+        except ModuleNotFoundError as exc:
+            if exc.name and module.startswith(exc.name):
+                continue
+            raise
+        mod.add_commands(sub)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from hybridlm.errors import HybridLMError
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except HybridLMError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

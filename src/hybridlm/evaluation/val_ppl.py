@@ -1,0 +1,56 @@
+"""`val_ppl`: perplexity of the run's own validation split, on the windows the trainer would cut.
+
+The run's data settings (source, tokenizer, split seed, seq_len) rebuild the same validation
+tokens (from the token cache when present); `validation_batches` spreads `limit` windows (default:
+every window of the split) evenly over it. One window predicts seq_len tokens, so the result is
+comparable to the training log's val loss, only over more (or all) of the split.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from hybridlm.errors import HybridLMError
+
+
+@torch.no_grad()
+def validation_perplexity(model: nn.Module, run_dir: str | Path, batch_size: int = 16, limit: int | None = None,
+                          progress: bool = False) -> dict:
+    from hybridlm.data import prepare_data, validation_batches
+    from hybridlm.evaluation.scoring import model_device
+    from hybridlm.ops.cross_entropy import linear_cross_entropy_stats
+    from hybridlm.runs import RunDir, load_run_config
+
+    config = load_run_config(RunDir(run_dir))
+    seq_len = config.data.seq_len
+    data = prepare_data(config.data, progress=progress)
+    available = (len(data.val_tokens) - 1) // seq_len if len(data.val_tokens) > seq_len else 0
+    if available < 1:
+        raise HybridLMError(f"the validation split of {run_dir} is shorter than one window of {seq_len + 1} tokens")
+    windows = min(limit, available) if limit else available
+    (all_windows,) = validation_batches(data.val_tokens, windows, seq_len, num_batches=1)
+    device = model_device(model)
+    was_training = model.training
+    model.eval()
+    loss_sum, hits, count = 0.0, 0, 0
+    try:
+        for start in range(0, windows, batch_size):
+            batch = all_windows[start:start + batch_size].to(device)
+            hidden = model.model(batch[:, :-1])
+            batch_loss, batch_hits, batch_count = linear_cross_entropy_stats(hidden, model.lm_head.weight, batch[:, 1:])
+            loss_sum += float(batch_loss)
+            hits += int(batch_hits)
+            count += int(batch_count)
+    finally:
+        model.train(was_training)
+    loss = loss_sum / count
+    return {
+        "metrics": {"perplexity": math.exp(loss), "loss": loss, "acc": hits / count},
+        "stderr": {"perplexity": None, "loss": None, "acc": None},
+        "count": windows, "tokens": count, "split": "validation",
+        "source": f"run data: {config.data.source} (seq_len {seq_len}, {available} windows in the split)",
+    }

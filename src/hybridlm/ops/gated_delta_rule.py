@@ -1,0 +1,116 @@
+"""The public gated delta rule op: checks shapes once, then dispatches to a backend and a mode.
+
+Backends: "torch" (pure PyTorch, any device), "fla" (flash-linear-attention Triton kernels, CUDA only)
+and "auto" (FLA when usable for these tensors, else torch). Modes: "chunk" (training), "recurrent"
+(decoding, step by step) and "auto" (recurrent for short inputs, T <= RECURRENT_MAX_T, else chunk).
+Semantics follow FLA 0.6.0's ``chunk_gated_delta_rule`` with the state laid out [B, HV, K, V].
+"""
+
+from __future__ import annotations
+
+import torch
+
+from hybridlm.errors import BackendError
+from hybridlm.ops import gdn_torch
+from hybridlm.ops.gdn_fla import fla_gated_delta_rule, fla_usable
+
+BACKENDS = ("auto", "torch", "fla")
+MODES = ("auto", "chunk", "recurrent")
+RECURRENT_MAX_T = 16  # decoding / short prompts: a few recurrent steps beat chunk padding to 64
+
+
+def available_backends(device: torch.device | str | None = None) -> dict[str, tuple[bool, str]]:
+    """Backend name -> (available, one-line reason) for tensors on ``device`` (default: CUDA, FLA's home)."""
+    device = "cuda" if device is None else device
+    return {
+        "torch": (True, "pure PyTorch, runs on any device"),
+        "fla": fla_usable(device),
+    }
+
+
+def resolve_backend(backend: str, device: torch.device) -> str:
+    """Turn "auto" into a concrete backend; raise BackendError if "fla" was asked for but cannot run."""
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if backend == "torch":
+        return "torch"
+    usable, reason = fla_usable(device)
+    if backend == "fla" and not usable:
+        raise BackendError(f"backend='fla' unavailable: {reason}")
+    return "fla" if usable else "torch"
+
+
+def resolve_mode(mode: str, seq_len: int) -> str:
+    """Turn "auto" into "recurrent" for short (decoding) inputs and "chunk" otherwise."""
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    if mode == "auto":
+        return "recurrent" if seq_len <= RECURRENT_MAX_T else "chunk"
+    return mode
+
+
+def _expect_shape(name: str, tensor: torch.Tensor, expected: tuple[int, ...], layout: str) -> None:
+    if tuple(tensor.shape) != expected:
+        raise ValueError(f"{name} must have shape {layout} = {list(expected)}, got {list(tensor.shape)}")
+
+
+def check_inputs(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    g: torch.Tensor,
+    beta: torch.Tensor,
+    initial_state: torch.Tensor | None,
+) -> None:
+    """Raise ValueError naming the first argument whose shape or device does not fit the others."""
+    if q.dim() != 4:
+        raise ValueError(f"q must have shape [B, T, H, K], got {list(q.shape)}")
+    batch, seq_len, num_qk_heads, key_dim = q.shape
+    _expect_shape("k", k, tuple(q.shape), "[B, T, H, K] like q")
+    if v.dim() != 4 or tuple(v.shape[:2]) != (batch, seq_len):
+        raise ValueError(f"v must have shape [B, T, HV, V] with B={batch}, T={seq_len}, got {list(v.shape)}")
+    num_v_heads, value_dim = v.shape[2], v.shape[3]
+    if num_v_heads % num_qk_heads != 0:
+        raise ValueError(
+            f"v has HV={num_v_heads} heads, which must be a multiple of the H={num_qk_heads} heads of q and k"
+        )
+    _expect_shape("g", g, (batch, seq_len, num_v_heads), "[B, T, HV]")
+    _expect_shape("beta", beta, (batch, seq_len, num_v_heads), "[B, T, HV]")
+    if initial_state is not None:
+        _expect_shape("initial_state", initial_state, (batch, num_v_heads, key_dim, value_dim), "[B, HV, K, V]")
+    named = {"k": k, "v": v, "g": g, "beta": beta, "initial_state": initial_state}
+    for name, tensor in named.items():
+        if tensor is not None and tensor.device != q.device:
+            raise ValueError(f"{name} is on {tensor.device} but q is on {q.device}; put all inputs on one device")
+
+
+def gated_delta_rule(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    g: torch.Tensor,
+    beta: torch.Tensor,
+    scale: float | None = None,
+    initial_state: torch.Tensor | None = None,
+    output_final_state: bool = False,
+    backend: str = "auto",
+    mode: str = "auto",
+    use_qk_l2norm_in_kernel: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Gated delta rule: ``S_t = exp(g_t)(I - beta_t k_t k_t^T) S_{t-1} + beta_t k_t v_t^T``, ``o_t = S_t^T scale q_t``.
+
+    Shapes: q, k ``[B, T, H, K]``; v ``[B, T, HV, V]`` (HV a multiple of H; value head j uses q/k head
+    ``j // (HV // H)``); g (log decay, <= 0) and beta ``[B, T, HV]``; initial_state ``[B, HV, K, V]``.
+    ``scale`` defaults to ``K ** -0.5``. With ``use_qk_l2norm_in_kernel`` q and k are first normalised
+    as ``x / sqrt(sum(x^2) + 1e-6)``. Returns ``o [B, T, HV, V]`` in v's dtype and the final state
+    ``[B, HV, K, V]`` (float32, or float64 for float64 inputs) when ``output_final_state``, else None.
+    """
+    check_inputs(q, k, v, g, beta, initial_state)
+    chosen_backend = resolve_backend(backend, q.device)
+    chosen_mode = resolve_mode(mode, q.shape[1])
+    args = (q, k, v, g, beta, scale, initial_state, output_final_state, use_qk_l2norm_in_kernel)
+    if chosen_backend == "fla":
+        return fla_gated_delta_rule(*args, mode=chosen_mode)
+    if chosen_mode == "chunk":
+        return gdn_torch.chunk_gated_delta_rule(*args)
+    return gdn_torch.recurrent_gated_delta_rule(*args)

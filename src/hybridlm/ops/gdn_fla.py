@@ -1,0 +1,86 @@
+"""Thin wrapper around flash-linear-attention's Triton gated delta rule kernels (CUDA only).
+
+``fla`` is imported lazily and only for CUDA tensors: importing it is slow and pulls in Triton, which
+CPU-only runs must never pay for. ``fla_usable`` is the single place that decides whether FLA may run.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+
+from hybridlm.errors import BackendError
+from hybridlm.ops.fla_compat import fla_compat_problem, installed_versions
+
+FLA_INSTALL_HINT = "pip install flash-linear-attention==0.6.0"
+
+
+@functools.lru_cache(maxsize=1)
+def _fla_import_problem() -> str | None:
+    """Import fla once; return why it failed (one line) or None."""
+    try:
+        import fla  # noqa: F401
+        import fla.ops.gated_delta_rule  # noqa: F401
+    except Exception as exc:  # ImportError, or Triton/CUDA failures raised at import time
+        return f"fla is not importable ({type(exc).__name__}: {exc}); install it with `{FLA_INSTALL_HINT}`"
+    return None
+
+
+def fla_usable(device: torch.device | str) -> tuple[bool, str]:
+    """Whether FLA's kernels can run on ``device``, and a one-line reason either way."""
+    device = torch.device(device)
+    if device.type != "cuda":
+        return False, f"FLA kernels need CUDA tensors, got device '{device}'; use backend='torch' on CPU"
+    if not torch.cuda.is_available():
+        return False, "FLA kernels need CUDA, but torch.cuda.is_available() is False"
+    versions = installed_versions()
+    problem = fla_compat_problem(versions["fla"], versions["triton"], torch.cuda.get_device_capability(device),
+                                 versions["tilelang"] is not None)
+    if problem is not None:
+        return False, problem
+    problem = _fla_import_problem()
+    if problem is not None:
+        return False, problem
+    return True, f"flash-linear-attention {versions['fla']} kernels (triton {versions['triton']})"
+
+
+def fla_gated_delta_rule(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    g: torch.Tensor,
+    beta: torch.Tensor,
+    scale: float | None,
+    initial_state: torch.Tensor | None,
+    output_final_state: bool,
+    use_qk_l2norm_in_kernel: bool,
+    mode: str,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Run FLA's chunk (training) or fused recurrent (decoding) kernel with state layout [B, HV, K, V].
+
+    FLA 0.6.0's fused recurrent kernel has no backward pass, so when autograd needs gradients the
+    chunk kernel is used instead (same math, any T).
+    """
+    usable, reason = fla_usable(q.device)
+    if not usable:
+        raise BackendError(f"backend='fla' unavailable: {reason}")
+    from fla.ops.gated_delta_rule import chunk_gated_delta_rule, fused_recurrent_gated_delta_rule
+
+    needs_grad = torch.is_grad_enabled() and any(
+        t is not None and t.requires_grad for t in (q, k, v, g, beta, initial_state)
+    )
+    kernel = fused_recurrent_gated_delta_rule if mode == "recurrent" and not needs_grad else chunk_gated_delta_rule
+    # Keywords only: fused_recurrent's positional order is (q, k, v, g, gk, gv, beta, ...).
+    return kernel(
+        q=q,
+        k=k,
+        v=v,
+        g=g,
+        beta=beta,
+        scale=scale,
+        initial_state=initial_state,
+        output_final_state=output_final_state,
+        use_qk_l2norm_in_kernel=use_qk_l2norm_in_kernel,
+        state_v_first=False,
+    )

@@ -1,0 +1,130 @@
+"""`train(config, out)`: everything around the loop — data, model, resume, results, plots.
+
+Usable from a notebook (`hybridlm.train(hybridlm.preset("tiny"), out="runs/x")`) and from the CLI.
+All checks that can fail (output directory, data, checkpoint, FLA source) run before the first step.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from hybridlm.config import Config
+from hybridlm.errors import CheckpointError, ConfigError
+from hybridlm.fla_source import activate_fla_source
+from hybridlm.runs import RunDir, find_run_dir, load_run_config
+from hybridlm.runs.checkpoint import read_trainer_state
+from hybridlm.runs.environment import environment_info
+from hybridlm.train.distributed import process_info
+from hybridlm.train.precision import resolve_device, resolve_precision
+
+
+def train(config: Config | None = None, out: str | Path | None = None, resume: str | Path | None = None,
+          extend_steps: int | None = None, progress: bool | None = None) -> dict[str, Any]:
+    """Train (or resume / extend) a run and return its results.json content."""
+    run, config, checkpoint = _resolve_run(config, out, resume, extend_steps)
+    fla = activate_fla_source(config.fla.path)
+    run.prepare()
+
+    from hybridlm.data import TrainSampler, prepare_data, validation_batches
+    from hybridlm.model import HybridLM
+    from hybridlm.ops.gated_delta_rule import resolve_backend
+    from hybridlm.runs.plots import plot_training_curves
+    from hybridlm.train.trainer import Trainer
+
+    proc = process_info()
+    data = prepare_data(config.data, progress=progress is not False and proc.is_main)
+    if config.model.vocab_size != data.tokenizer.vocab_size:
+        config.model.vocab_size = data.tokenizer.vocab_size
+    config.validate()
+    device = resolve_device(config.train.device)
+    precision = resolve_precision(config.train.precision, device)
+    kernel_backend = _kernel_backend(config.model.kernels, device, resolve_backend)
+
+    if proc.is_main:
+        config.save(run.config_file)
+        data.tokenizer.save(run.tokenizer_dir)
+
+    torch.manual_seed(config.train.seed)
+    model = HybridLM(config.model).to(device=device, dtype=precision.param_dtype)
+    sampler = TrainSampler(data.train_tokens, config.train.batch_size, config.data.seq_len, seed=config.data.seed,
+                           on_exhausted=config.data.on_exhausted, rank=proc.rank, world_size=proc.world_size,
+                           pin_memory=device.type == "cuda")
+    val = validation_batches(data.val_tokens, config.train.batch_size, config.data.seq_len,
+                             config.train.eval_batches)
+    trainer = Trainer(config, run, model, precision, sampler, val, kernel_backend, progress=progress)
+    if checkpoint is not None:
+        trainer.restore(checkpoint)
+        run.truncate_metrics(after_step=trainer.state.step)
+        trainer.progress.write(f"resumed from {checkpoint} at step {trainer.state.step}")
+    else:
+        run.metrics_file.unlink(missing_ok=True)
+    started = time.perf_counter()
+    trainer.fit()
+    wall = time.perf_counter() - started
+
+    summary = trainer.summary()
+    results = {
+        "experiment": config.run.name or run.path.name,
+        "description": config.run.description,
+        "config": config.to_dict(),
+        "model": {
+            "params_total": summary["params"]["total"],
+            "params_non_embedding": summary["params"]["non_embedding"],
+            "params_by_type": {k: v for k, v in summary["params"].items() if k not in ("total", "non_embedding")},
+            "layout": config.model.layout_string,
+            "layer_types": config.model.layer_types,
+            "attention_layers": sorted(config.model.attention_layer_set),
+            "attention_fraction": config.model.attention_fraction,
+        },
+        "data": {k: data.manifest.get(k) for k in ("source", "tokenizer", "vocab_size", "train_tokens",
+                                                     "val_tokens", "train_documents", "val_documents")},
+        "results": {**summary["results"], "total_time_s": _total_time(run, wall, checkpoint)},
+        "environment": {**environment_info(device, kernel_backend), "precision": precision.name, "fla": fla},
+    }
+    results["hybridlm_commit"] = results["environment"]["hybridlm_commit"]
+    if proc.is_main:
+        run.write_results(results)
+        plot_training_curves(run.read_metrics(), run.curves_file, title=results["experiment"])
+    return results
+
+
+def _resolve_run(config: Config | None, out, resume, extend_steps) -> tuple[RunDir, Config, Path | None]:
+    if resume is None:
+        if extend_steps is not None:
+            raise ConfigError("--extend-steps needs --resume DIR (the finished run to continue)")
+        if config is None:
+            raise ConfigError("train needs a config (or --preset) unless it resumes a run")
+        if out is None:
+            raise ConfigError("train needs an output directory (--out DIR)")
+        return RunDir(out), config.copy().validate(), None
+    run, explicit = find_run_dir(resume)
+    saved = load_run_config(run)
+    checkpoint = explicit or run.latest_resumable()
+    if checkpoint is None:
+        raise CheckpointError(f"{run.path} has no checkpoint with optimizer state to resume from")
+    step = int(read_trainer_state(checkpoint).get("step", 0))
+    if extend_steps is not None:
+        if extend_steps <= step:
+            raise ConfigError(f"--extend-steps {extend_steps} must exceed the run's current step {step}")
+        saved.train.max_steps = extend_steps
+    elif config is not None and config.train.max_steps != saved.train.max_steps:
+        saved.train.max_steps = config.train.max_steps
+    return run, saved.validate(), checkpoint
+
+
+def _kernel_backend(kernels: str, device: torch.device, resolve_backend) -> str:
+    return resolve_backend(kernels, device)
+
+
+def _total_time(run: RunDir, wall: float, checkpoint: Path | None) -> float:
+    previous = 0.0
+    if checkpoint is not None:
+        old = run.read_results()
+        if old and old.get("results", {}).get("total_time_s") is not None:
+            previous = float(old["results"]["total_time_s"])
+    return previous + wall if not math.isnan(wall) else previous

@@ -1,0 +1,273 @@
+"""The training loop: sampler -> model -> loss -> backward -> clip -> AdamW -> schedule.
+
+Nothing leaves the device inside a step; losses are accumulated on the device and read at log
+intervals only. Evaluation runs on fixed validation batches, checkpoints are atomic, and every
+piece of state (weights, AdamW, step, sampler position, RNG) is restored on resume, so a resumed
+CPU run is bit-identical to an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from hybridlm.config import Config
+from hybridlm.errors import DataExhausted
+from hybridlm.model import HybridLM
+from hybridlm.model.accounting import count_parameters, flops_per_token
+from hybridlm.ops.cross_entropy import linear_cross_entropy_stats
+from hybridlm.runs.run_dir import RunDir
+from hybridlm.runs import checkpoint as ckpt
+from hybridlm.train.distributed import process_info
+from hybridlm.train.optim import build_optimizer
+from hybridlm.train.precision import Precision
+from hybridlm.train.progress import Progress
+from hybridlm.train.schedule import lr_at
+
+PEAK_BF16_FLOPS = {"H100": 989e12, "H200": 989e12, "H800": 989e12, "A100": 312e12, "L40S": 362e12,
+                   "RTX 4090": 165e12}
+
+
+def peak_flops(device: torch.device) -> float | None:
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((v for k, v in PEAK_BF16_FLOPS.items() if k in name), None)
+
+
+@dataclass
+class TrainState:
+    """Everything besides tensors that a checkpoint must restore."""
+
+    step: int = 0
+    tokens: int = 0
+    train_time_s: float = 0.0
+    best_val_loss: float = math.inf
+    best_step: int = -1
+    last_eval: dict | None = None
+    sampler: dict | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        out = dict(self.__dict__)
+        out["best_val_loss"] = None if math.isinf(self.best_val_loss) else self.best_val_loss
+        return out
+
+    @classmethod
+    def from_json(cls, values: dict[str, Any]) -> "TrainState":
+        known = {k: values[k] for k in cls.__dataclass_fields__ if k in values}
+        state = cls(**known)
+        if state.best_val_loss is None:
+            state.best_val_loss = math.inf
+        return state
+
+
+class Trainer:
+    def __init__(self, config: Config, run: RunDir, model: HybridLM, precision: Precision, sampler,
+                 val_batches: list[torch.Tensor], kernel_backend: str, progress: bool | None = None):
+        self.config = config
+        self.run = run
+        self.model = model
+        self.precision = precision
+        self.device = precision.device
+        self.sampler = sampler
+        self.val_batches = val_batches
+        self.kernel_backend = kernel_backend
+        self.proc = process_info()
+        t = config.train
+        self.optimizer = build_optimizer(model, t.lr, t.weight_decay, (t.beta1, t.beta2), t.eps, self.device.type)
+        self.step_fn = torch.compile(model) if t.compile else model
+        self.state = TrainState()
+        self.tokens_per_step = t.batch_size * t.grad_accum * config.data.seq_len * self.proc.world_size
+        self.flops_per_token = flops_per_token(config.model, config.data.seq_len)
+        self.peak_flops = peak_flops(self.device)
+        self.progress = Progress(total=t.max_steps, enabled=progress, is_main=self.proc.is_main)
+        self.stopped_early: str | None = None
+        self._writers: list = []
+
+    # ----------------------------------------------------------------- resume
+    def restore(self, checkpoint: Path) -> None:
+        ckpt.load_model_weights(checkpoint, self.model)
+        ckpt.load_optimizer_state(checkpoint, self.optimizer)
+        ckpt.restore_rng(checkpoint)
+        self.state = TrainState.from_json(ckpt.read_trainer_state(checkpoint))
+        if self.state.sampler is not None:
+            self.sampler.load_state_dict(self.state.sampler)
+
+    # ------------------------------------------------------------------- loop
+    def fit(self) -> dict[str, Any]:
+        t = self.config.train
+        model = self.model
+        model.train()
+        self._open_writers()
+        self.progress.start(self.state.step)
+        interval_loss = torch.zeros((), device=self.device)
+        interval_steps, interval_start = 0, time.perf_counter()
+        interval_tokens = 0
+        sampler_at_step_start = self.sampler.state_dict()
+        try:
+            while self.state.step < t.max_steps:
+                lr = lr_at(self.state.step, t.lr, t.warmup_steps, t.max_steps, t.schedule, t.min_lr_ratio)
+                for group in self.optimizer.param_groups:
+                    group["lr"] = lr
+                sampler_at_step_start = self.sampler.state_dict()
+                try:
+                    loss = self._train_step()
+                except DataExhausted as exc:
+                    self.stopped_early = str(exc)
+                    self.progress.write(f"stopping: {exc}")
+                    break
+                grad_norm = self._clip_and_step()
+                self.state.step += 1
+                self.state.tokens += self.tokens_per_step
+                interval_loss += loss
+                interval_steps += 1
+                interval_tokens += self.tokens_per_step
+                step = self.state.step
+                last = step == t.max_steps
+                if step % t.log_interval == 0 or last:
+                    mean_loss = (interval_loss / interval_steps).item()  # the one host sync per interval
+                    elapsed = time.perf_counter() - interval_start
+                    self.state.train_time_s += elapsed
+                    tps = interval_tokens / max(elapsed, 1e-9)
+                    record = {"event": "train", "step": step, "loss": mean_loss, "lr": lr,
+                              "grad_norm": float(grad_norm), "tokens": self.state.tokens,
+                              "tokens_per_s": tps, "time_s": self.state.train_time_s}
+                    if self.peak_flops:
+                        record["mfu"] = tps * self.flops_per_token / self.peak_flops
+                    self._log(record)
+                    self.progress.update(step, loss=mean_loss, lr=lr, tokens_per_s=tps)
+                    interval_loss.zero_()
+                    interval_steps, interval_tokens = 0, 0
+                if step % t.eval_interval == 0 or last:
+                    self._evaluate_and_keep_best()
+                if step % t.save_interval == 0 and not last:
+                    self._save(self.run.checkpoint(self.run.step_name(step)), with_optimizer=True)
+                    self.run.prune_step_checkpoints(t.keep_checkpoints)
+                if interval_steps == 0:
+                    interval_start = time.perf_counter()
+        except KeyboardInterrupt:
+            # the step in flight is dropped: its batches are drawn again after resuming
+            self.optimizer.zero_grad(set_to_none=True)
+            self.sampler.load_state_dict(sampler_at_step_start)
+            self.progress.close()
+            path = self._save(self.run.checkpoint(self.run.step_name(self.state.step)), with_optimizer=True)
+            print(f"\ninterrupted at step {self.state.step}; saved {path}. "
+                  f"Resume with: hybridlm train --resume {self.run.path}", file=sys.stderr)
+            raise
+        if self.state.last_eval is None or self.state.last_eval.get("step") != self.state.step:
+            self._evaluate_and_keep_best()
+        self._save(self.run.checkpoint("final"), with_optimizer=True)
+        self.progress.close()
+        self._close_writers()
+        return self.state.to_json()
+
+    def _train_step(self) -> torch.Tensor:
+        t = self.config.train
+        total = torch.zeros((), device=self.device)
+        for _ in range(t.grad_accum):
+            batch = self.sampler.next_batch().to(self.device, non_blocking=True)
+            inputs, targets = batch[:, :-1], batch[:, 1:]
+            with self.precision.autocast():
+                loss = self.step_fn(inputs, labels=targets, return_logits=False).loss
+            (loss / t.grad_accum).backward()
+            total += loss.detach().float() / t.grad_accum
+        return total
+
+    def _clip_and_step(self) -> torch.Tensor:
+        t = self.config.train
+        if t.grad_clip > 0:
+            grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), t.grad_clip)
+        else:
+            grad_norm = torch.zeros(())
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return grad_norm
+
+    # ------------------------------------------------------------ evaluation
+    @torch.no_grad()
+    def evaluate(self) -> dict[str, float]:
+        """Loss, next-token accuracy and perplexity on the fixed validation batches."""
+        model = self.model
+        was_training = model.training
+        model.eval()
+        loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
+        hits = torch.zeros((), dtype=torch.long, device=self.device)
+        count = torch.zeros((), dtype=torch.long, device=self.device)
+        for batch in self.val_batches:
+            batch = batch.to(self.device, non_blocking=True)
+            with self.precision.autocast():
+                hidden = model.model(batch[:, :-1])
+                s, h, c = linear_cross_entropy_stats(hidden, model.lm_head.weight, batch[:, 1:])
+            loss_sum += s.double()
+            hits += h
+            count += c
+        model.train(was_training)
+        val_loss = (loss_sum / count.clamp(min=1)).item()
+        return {"val_loss": val_loss, "val_accuracy": (hits.double() / count.clamp(min=1)).item(),
+                "val_perplexity": math.exp(min(val_loss, 700.0))}
+
+    def _evaluate_and_keep_best(self) -> None:
+        metrics = self.evaluate()
+        step = self.state.step
+        self.state.last_eval = {"step": step, **metrics}
+        self._log({"event": "eval", "step": step, "tokens": self.state.tokens, **metrics})
+        self.progress.write(f"step {step}: val loss {metrics['val_loss']:.4f}, "
+                            f"accuracy {metrics['val_accuracy']:.3f}, perplexity {metrics['val_perplexity']:.1f}")
+        if metrics["val_loss"] < self.state.best_val_loss:
+            self.state.best_val_loss = metrics["val_loss"]
+            self.state.best_step = step
+            self._save(self.run.checkpoint("best"), with_optimizer=False)
+
+    # ------------------------------------------------------- files and logs
+    def _save(self, path: Path, with_optimizer: bool) -> Path:
+        self.state.sampler = self.sampler.state_dict()
+        if not self.proc.is_main:
+            return path
+        trainer_state = {**self.state.to_json(), "config": self.config.to_dict()}
+        return ckpt.save_checkpoint(path, self.model, self.optimizer if with_optimizer else None, trainer_state)
+
+    def _log(self, record: dict[str, Any]) -> None:
+        if not self.proc.is_main:
+            return
+        self.run.append_metrics(record)
+        for writer in self._writers:
+            writer(record)
+
+    def _open_writers(self) -> None:
+        from hybridlm.train.trackers import open_trackers
+
+        if self.proc.is_main:
+            self._writers, self._closers = open_trackers(self.config, self.run.path)
+
+    def _close_writers(self) -> None:
+        for close in getattr(self, "_closers", []):
+            close()
+
+    def summary(self) -> dict[str, Any]:
+        counts = count_parameters(self.model)
+        s = self.state
+        last = s.last_eval or {}
+        tps = s.tokens / s.train_time_s if s.train_time_s > 0 else None
+        return {
+            "params": counts,
+            "results": {
+                "best_val_loss": None if math.isinf(s.best_val_loss) else s.best_val_loss,
+                "best_step": s.best_step,
+                "final_val_loss": last.get("val_loss"),
+                "final_val_accuracy": last.get("val_accuracy"),
+                "final_val_perplexity": last.get("val_perplexity"),
+                "steps": s.step,
+                "train_time_s": s.train_time_s,
+                "tokens_processed": s.tokens,
+                "tokens_per_s": tps,
+                "mfu": tps * self.flops_per_token / self.peak_flops if (tps and self.peak_flops) else None,
+                "flops_per_token": self.flops_per_token,
+                "stopped_early": self.stopped_early,
+            },
+        }
