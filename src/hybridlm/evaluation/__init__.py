@@ -35,4 +35,4 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module 'hybridlm.evaluation' has no attribute {name!r}")
 
 
-__all__ = list(_LAZY)
+__all__ = ["evaluate", "read_eval", "load_eval", "score_requests", "encode_pair"]

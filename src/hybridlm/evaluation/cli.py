@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 
 DEFAULT_TASKS = "arc_challenge,hellaswag,lambada,val_ppl"
 
@@ -23,7 +24,8 @@ def add_commands(sub) -> None:
     p.add_argument("--tasks", default=DEFAULT_TASKS,
                    help="comma list of arc_challenge, arc_easy, hellaswag, lambada, piqa, val_ppl "
                         f"(default {DEFAULT_TASKS})")
-    p.add_argument("--limit", type=int, default=None, help="score only the first N documents of each task")
+    p.add_argument("--limit", type=int, default=None,
+                   help="score only the first N documents of each task (val_ppl: N windows spread over the split)")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--data-dir", default=None,
                    help="directory with <task>_<split>.jsonl[.gz] files, or 'builtin-subsets' for the shipped "
@@ -52,7 +54,7 @@ def resolve_device(name: str) -> str:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from hybridlm.evaluation.results import eval_path, format_table
+    from hybridlm.evaluation.results import eval_path, format_table, write_eval
     from hybridlm.evaluation.runner import evaluate
     from hybridlm.evaluation.tasks import parse_tasks
     from hybridlm.runs import find_run_dir, load_run
@@ -62,10 +64,33 @@ def cmd_eval(args: argparse.Namespace) -> int:
     checkpoint = str(explicit) if explicit is not None else args.checkpoint
     model, tokenizer = load_run(run.path, checkpoint=checkpoint, device=resolve_device(args.device))
     progress = sys.stderr.isatty() if args.progress is None else args.progress
-    results = evaluate(model, tokenizer, args.tasks, limit=args.limit, batch_size=args.batch_size,
-                       data_dir=args.data_dir, num_fewshot=args.num_fewshot, run_dir=run.path,
-                       max_length=args.max_length, checkpoint=checkpoint, use_hub=not args.no_hub,
-                       progress=progress)
+    with warnings.catch_warnings():
+        warnings.showwarning = _one_line_warning
+        results = evaluate(model, tokenizer, args.tasks, limit=args.limit, batch_size=args.batch_size,
+                           data_dir=args.data_dir, num_fewshot=args.num_fewshot, run_dir=run.path,
+                           max_length=args.max_length, checkpoint=checkpoint, use_hub=not args.no_hub,
+                           progress=progress, save=False)
+    where = checkpoint_identity(run, checkpoint)
+    for entry in results["tasks"].values():
+        entry["settings"].update(where)
+    write_eval(run.path, results)
     print(format_table(results))
     print(f"wrote {eval_path(run.path)}")
     return 0
+
+
+def checkpoint_identity(run, checkpoint: str) -> dict:
+    """The checkpoint's directory and training step, so eval.json says exactly which weights were scored."""
+    from hybridlm.errors import CheckpointError
+    from hybridlm.runs.checkpoint import read_trainer_state
+
+    path = run.resolve_checkpoint(checkpoint)
+    try:
+        step = read_trainer_state(path).get("step")
+    except CheckpointError:
+        step = None
+    return {"checkpoint_path": str(path), "checkpoint_step": step}
+
+
+def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    print(f"warning: {message}", file=sys.stderr)

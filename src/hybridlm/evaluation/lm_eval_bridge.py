@@ -63,14 +63,14 @@ class HybridLMEvalModel(LM):
         self._device = model_device(model)
 
     @classmethod
-    def create_from_arg_string(cls, arg_string: str, additional_config: dict | None = None) -> "HybridLMEvalModel":
+    def create_from_arg_string(cls, arg_string: str, additional_config: dict | None = None) -> HybridLMEvalModel:
         """model_args win over the CLI's generic defaults (lm-eval always passes --batch_size 1)."""
         from lm_eval.utils import simple_parse_args_string
 
         return cls.create_from_arg_obj(simple_parse_args_string(arg_string), additional_config)
 
     @classmethod
-    def create_from_arg_obj(cls, arg_dict: dict, additional_config: dict | None = None) -> "HybridLMEvalModel":
+    def create_from_arg_obj(cls, arg_dict: dict, additional_config: dict | None = None) -> HybridLMEvalModel:
         extra = {k: v for k, v in (additional_config or {}).items() if v is not None and k not in arg_dict}
         return cls(**arg_dict, **extra)
 

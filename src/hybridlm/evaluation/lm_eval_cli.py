@@ -13,8 +13,9 @@ import sys
 
 
 def main(argv: list[str] | None = None) -> int:
-    import hybridlm.evaluation.lm_eval_bridge  # noqa: F401 -- registers --model hybridlm
     from lm_eval.__main__ import cli_evaluate
+
+    import hybridlm.evaluation.lm_eval_bridge  # noqa: F401 -- registers --model hybridlm
 
     if argv is not None:
         sys.argv = [sys.argv[0], *argv]

@@ -3,9 +3,10 @@
     {"format": 1, "updated": ISO date, "hybridlm_version": ...,
      "tasks": {"arc_challenge": {"metrics": {"acc": .., "acc_norm": ..}, "stderr": {...}, "count": 1172,
                                   "split": "test", "source": "file:...", "seconds": ..,
-                                  "settings": {"checkpoint", "limit", "num_fewshot", "fewshot_split",
-                                               "max_length", "batch_size", "device", "data_dir",
-                                               "date", "hybridlm_version", ...}}, ...}}
+                                  "settings": {"checkpoint", "checkpoint_path", "checkpoint_step", "limit",
+                                               "num_fewshot", "fewshot_split", "fewshot_source", "max_length",
+                                               "batch_size", "device", "data_dir", "date",
+                                               "hybridlm_version"}}, ...}}
 
 Evaluating a task again replaces its entry and keeps the others, so `--tasks lambada` after
 `--tasks arc_challenge` leaves both in the file (each with its own settings and date).
@@ -53,7 +54,8 @@ def write_eval(run_dir: str | Path, results: dict) -> Path:
 
 
 def read_eval(run_dir: str | Path) -> dict[str, float] | None:
-    """Flat metric columns for `hybridlm compare`, e.g. {"arc_challenge/acc_norm": 0.25, ...}; None without eval.json."""
+    """Flat metric columns for `hybridlm compare`, e.g. {"arc_challenge/acc_norm": 0.25, ...};
+    None when the run has no eval.json."""
     data = load_eval(run_dir)
     if data is None:
         return None
@@ -66,15 +68,20 @@ def read_eval(run_dir: str | Path) -> dict[str, float] | None:
 
 
 def format_table(results: dict) -> str:
-    """A plain-text table of every task's metrics, standard errors, counts and data source."""
-    header = f"{'task':<14} {'metric':<11} {'value':>10} {'stderr':>10} {'n':>7}  source"
+    """A plain-text table: one row per metric, with its standard error, the count and the data source."""
+    header = f"{'task':<14} {'metric':<11} {'value':>12} {'stderr':>12} {'n':>7}  source"
     lines = [header, "-" * len(header)]
     for task, entry in results["tasks"].items():
-        for metric, value in entry["metrics"].items():
+        shots = entry.get("settings", {}).get("num_fewshot") or 0
+        source = entry.get("source", "") + (f" ({shots}-shot)" if shots else "")
+        for row, (metric, value) in enumerate(entry["metrics"].items()):
             err = entry.get("stderr", {}).get(metric)
-            err_text = f"± {err:.4f}" if err is not None else ""
-            shots = entry.get("settings", {}).get("num_fewshot") or 0
-            source = entry.get("source", "") + (f" ({shots}-shot)" if shots else "")
-            lines.append(f"{task:<14} {metric:<11} {value:>10.4f} {err_text:>10} {entry['count']:>7}  {source}")
-            task = ""
+            err_text = f"± {_number(err)}" if err is not None else ""
+            first = row == 0
+            lines.append(f"{task if first else '':<14} {metric:<11} {_number(value):>12} {err_text:>12} "
+                         f"{entry['count'] if first else '':>7}  {source if first else ''}".rstrip())
     return "\n".join(lines)
+
+
+def _number(value: float) -> str:
+    return f"{value:.4f}" if abs(value) < 1e5 else f"{value:.4g}"

@@ -102,11 +102,10 @@ def _score_batch(model: nn.Module, inputs: list[list[int]], continuations: list[
 def _target_logprobs(model: nn.Module, batch: torch.Tensor, rows: torch.Tensor, positions: torch.Tensor,
                      targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """log p(target) and argmax == target at the selected positions, float32 log-softmax as lm-eval."""
-    head = getattr(model, "lm_head", None)
-    backbone = getattr(model, "model", None)
-    if isinstance(head, nn.Linear) and callable(backbone):
-        hidden = backbone(batch)[rows, positions]
-        weight, bias = head.weight, head.bias
+    head, backbone = getattr(model, "lm_head", None), getattr(model, "model", None)
+    states = backbone(batch) if isinstance(head, nn.Linear) and callable(backbone) else None
+    if isinstance(states, torch.Tensor):  # hybridlm's layout: final hidden states, then the LM head
+        hidden, weight, bias = states[rows, positions], head.weight, head.bias
     else:  # any model returning `.logits` [B, T, V]
         hidden, weight, bias = model(batch).logits[rows, positions], None, None
     n = hidden.shape[0]

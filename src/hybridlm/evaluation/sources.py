@@ -88,7 +88,8 @@ def read_jsonl_docs(spec: TaskSpec, path: Path) -> list[dict]:
                 try:
                     row = json.loads(line)
                 except json.JSONDecodeError as exc:
-                    raise DataError(f"{path}:{number} is not valid JSON ({exc.msg}); one JSON object per line") from None
+                    raise DataError(f"{path}:{number} is not valid JSON ({exc.msg}); "
+                                    "one JSON object per line") from None
                 docs.append(normalise_doc(spec.name, row, f"{path}:{number}"))
     except (OSError, EOFError) as exc:
         raise DataError(f"cannot read {path} ({exc}); is it a complete gzip / text file?") from None
