@@ -111,6 +111,12 @@ def cmd_export(args) -> int:
     return 0
 
 
+def cmd_verify(args) -> int:
+    from hybridlm.verify import run_verify
+
+    return run_verify(tuple(args.sections.split(",")))
+
+
 def cmd_demo(args) -> int:
     from hybridlm.demo import run_demo
 
@@ -163,6 +169,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True)
     p.set_defaults(func=cmd_export)
 
+    p = sub.add_parser("verify", help="GPU: check FLA kernels against the PyTorch reference (exit 1 on failure)")
+    p.add_argument("--sections", default="fla_model,decode,model,op",
+                   help="comma list of fla_model, decode, model, op (run in this order)")
+    p.set_defaults(func=cmd_verify)
+
     p = sub.add_parser("demo", help="the README demo: train cpu_demo, print results and sample text")
     p.add_argument("--out", default="runs/cpu_demo")
     p.add_argument("--steps", type=int, default=None, help="override the number of training steps")
@@ -185,7 +196,7 @@ def _add_extension_commands(sub) -> None:
     """Subcommands that live in their own modules (verify, sweep, compare, eval)."""
     import importlib
 
-    for module in ("hybridlm.verify_cli", "hybridlm.sweep.cli", "hybridlm.evaluation.cli"):
+    for module in ("hybridlm.sweep.cli", "hybridlm.evaluation.cli"):
         try:
             mod = importlib.import_module(module)
         except ModuleNotFoundError as exc:

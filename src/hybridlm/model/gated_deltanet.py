@@ -37,6 +37,7 @@ class GatedDeltaNet(nn.Module):
         self.use_short_conv = config.use_short_conv
         self.kernels = config.kernels
         hidden = config.hidden_size
+        fused = config.kernels != "torch"
 
         self.q_proj = nn.Linear(hidden, self.key_dim, bias=False)
         self.k_proj = nn.Linear(hidden, self.key_dim, bias=False)
@@ -46,14 +47,14 @@ class GatedDeltaNet(nn.Module):
         self.A_log = nn.Parameter(torch.empty(self.num_v_heads))
         self.dt_bias = nn.Parameter(torch.empty(self.num_v_heads))
         if self.use_short_conv:
-            self.q_conv1d = ShortConvolution(self.key_dim, config.conv_size)
-            self.k_conv1d = ShortConvolution(self.key_dim, config.conv_size)
-            self.v_conv1d = ShortConvolution(self.value_dim, config.conv_size)
+            self.q_conv1d = ShortConvolution(self.key_dim, config.conv_size, use_fused=fused)
+            self.k_conv1d = ShortConvolution(self.key_dim, config.conv_size, use_fused=fused)
+            self.v_conv1d = ShortConvolution(self.value_dim, config.conv_size, use_fused=fused)
         if self.use_gate:
             self.g_proj = nn.Linear(hidden, self.value_dim, bias=False)
-            self.o_norm = GatedRMSNorm(self.head_v_dim, eps=config.norm_eps)
+            self.o_norm = GatedRMSNorm(self.head_v_dim, eps=config.norm_eps, use_fused=fused)
         else:
-            self.o_norm = RMSNorm(self.head_v_dim, eps=config.norm_eps)
+            self.o_norm = RMSNorm(self.head_v_dim, eps=config.norm_eps, use_fused=fused)
         self.o_proj = nn.Linear(self.value_dim, hidden, bias=False)
         self.reset_decay_parameters()
 

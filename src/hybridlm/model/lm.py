@@ -33,7 +33,7 @@ class Backbone(nn.Module):
         super().__init__()
         self.embeddings = nn.Embedding(config.vocab_size, config.hidden_size)
         self.layers = nn.ModuleList(Block(config, i) for i in range(config.num_hidden_layers))
-        self.norm = RMSNorm(config.hidden_size, eps=config.norm_eps)
+        self.norm = RMSNorm(config.hidden_size, eps=config.norm_eps, use_fused=config.kernels != "torch")
 
     def forward(self, input_ids: torch.Tensor, cache: ModelCache | None = None) -> torch.Tensor:
         x = self.embeddings(input_ids)

@@ -6,16 +6,26 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from hybridlm.model import fused
+
 
 class RMSNorm(nn.Module):
     """y = x / rms(x) * weight; the statistics in float32 whatever the input dtype."""
 
-    def __init__(self, hidden_size: int, eps: float = 1e-6):
+    def __init__(self, hidden_size: int, eps: float = 1e-6, use_fused: bool = False):
         super().__init__()
         self.eps = eps
+        self.use_fused = use_fused  # FLA's Triton kernel on CUDA (see model/fused.py)
         self.weight = nn.Parameter(torch.ones(hidden_size))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.use_fused and x.is_cuda:
+            y = fused.rms_norm(x, self.weight, self.eps)
+            if y is not None:
+                return y
+        return self._reference(x)
+
+    def _reference(self, x: torch.Tensor) -> torch.Tensor:
         xf = x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
         y = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
         return (y * self.weight.to(y.dtype)).to(x.dtype)
@@ -25,6 +35,10 @@ class GatedRMSNorm(RMSNorm):
     """RMSNorm(x) * silu(gate): the GDN output norm (FLA's `FusedRMSNormGated`, swish gate)."""
 
     def forward(self, x: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
-        y = super().forward(x)
+        if self.use_fused and x.is_cuda:
+            y = fused.gated_rms_norm(x, gate, self.weight, self.eps)
+            if y is not None:
+                return y
+        y = self._reference(x)
         gf = gate.float() if gate.dtype in (torch.float16, torch.bfloat16) else gate
         return (y.to(gf.dtype) * F.silu(gf)).to(x.dtype)

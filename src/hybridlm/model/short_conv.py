@@ -10,11 +10,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from hybridlm.model import fused
+
 
 class ShortConvolution(nn.Conv1d):
-    def __init__(self, hidden_size: int, kernel_size: int = 4):
+    def __init__(self, hidden_size: int, kernel_size: int = 4, use_fused: bool = False):
         super().__init__(hidden_size, hidden_size, kernel_size, groups=hidden_size, bias=False,
                          padding=0)
+        self.use_fused = use_fused
 
     def forward(self, x: torch.Tensor, tail: torch.Tensor | None = None,  # type: ignore[override]
                 return_tail: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -23,6 +26,10 @@ class ShortConvolution(nn.Conv1d):
         Returns silu(conv(x)) [B, T, D] and, when asked, the new tail for the next call.
         """
         k = self.kernel_size[0]
+        if self.use_fused and x.is_cuda and tail is None and not return_tail:
+            y = fused.short_conv_silu(x, self.weight.to(x.dtype))
+            if y is not None:
+                return y, None
         if tail is None:
             tail = x.new_zeros(x.shape[0], k - 1, x.shape[2])
         full = torch.cat([tail.to(x.dtype), x], dim=1)  # [B, K-1+T, D]

@@ -1,0 +1,159 @@
+"""GPU training numbers: the seed-style FLA baseline against our trainer, plus a profile.
+
+Run on a CUDA machine with FLA installed (see docs/gpu-verification.md for the exact command):
+
+    python bench/bench_gpu_train.py --out OUTDIR [--steps 300] [--baseline-steps 30] [--skip-train]
+
+1. Seed-style baseline: FLA's `GatedDeltaNetForCausalLM` built as the reference scripts build it
+   (768 x 12 layers x 12 heads, FLA's default head_dim 256, expand_v 1, MLP 3072), weights cast to
+   bf16, plain AdamW, FLA's fused cross-entropy, batch 48 x 1024 — on the same batches as ours.
+2. Our trainer (`hybridlm.train`) on `h100_deltanet` and `h100_hybrid_sparse` for --steps steps.
+3. A torch.profiler breakdown of a few of our training steps (top ops by CUDA time).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+import warnings
+from pathlib import Path
+
+import torch
+
+
+def seed_baseline(steps: int, vocab: int, batches) -> dict:
+    from fla.models import GatedDeltaNetConfig, GatedDeltaNetForCausalLM
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        config = GatedDeltaNetConfig(hidden_size=768, num_hidden_layers=12, num_heads=12, hidden_ratio=4,
+                                     intermediate_size=3072, vocab_size=vocab, expand_v=1)
+        model = GatedDeltaNetForCausalLM(config).cuda().to(torch.bfloat16)
+    params = sum(p.numel() for p in model.parameters())
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, betas=(0.9, 0.95), weight_decay=0.1)
+    model.train()
+    times = []
+    for step in range(steps):
+        batch = batches[step % len(batches)].cuda(non_blocking=True)
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        loss = model(input_ids=batch[:, :-1], labels=batch[:, :-1]).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        torch.cuda.synchronize()
+        times.append(time.perf_counter() - t0)
+    steady = sorted(times[5:])[len(times[5:]) // 2]
+    tokens = batches[0].shape[0] * (batches[0].shape[1] - 1)
+    result = {"params": params, "ms_per_step": steady * 1e3, "tokens_per_s": tokens / steady,
+              "peak_mem_gb": torch.cuda.max_memory_allocated() / 1e9, "final_loss": loss.item()}
+    del model, opt
+    torch.cuda.empty_cache()
+    return result
+
+
+def profile_ours(preset_name: str, out: Path, steps: int = 3) -> str:
+    from hybridlm.config import preset
+    from hybridlm.model import HybridLM
+    from hybridlm.train.optim import build_optimizer
+
+    config = preset(preset_name)
+    model = HybridLM(config.model).cuda()
+    opt = build_optimizer(model, 1e-3, 0.1, (0.9, 0.95), 1e-8, "cuda")
+    batch = torch.randint(0, config.model.vocab_size, (48, 1025), device="cuda")
+
+    def step():
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            loss = model(batch[:, :-1], labels=batch[:, 1:], return_logits=False).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    for _ in range(3):
+        step()
+    torch.cuda.synchronize()
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        for _ in range(steps):
+            step()
+        torch.cuda.synchronize()
+    table = prof.key_averages().table(sort_by="cuda_time_total", row_limit=25, max_name_column_width=60)
+    (out / f"profile_{preset_name}.txt").write_text(table)
+    del model, opt
+    torch.cuda.empty_cache()
+    return table
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--steps", type=int, default=300)
+    parser.add_argument("--baseline-steps", type=int, default=30)
+    parser.add_argument("--presets", default="h100_deltanet,h100_hybrid_sparse")
+    parser.add_argument("--skip-train", action="store_true")
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+
+    from hybridlm.config import preset
+    from hybridlm.data import TrainSampler, prepare_data
+    from hybridlm.train import train
+
+    base = preset("h100_deltanet")
+    t0 = time.perf_counter()
+    data = prepare_data(base.data, progress=False)
+    print(f"data ready in {time.perf_counter() - t0:.0f} s: {len(data.train_tokens):,} train tokens", flush=True)
+    sampler = TrainSampler(data.train_tokens, 48, 1024, seed=base.data.seed)
+    batches = [sampler.next_batch() for _ in range(8)]
+    summary: dict = {"gpu": torch.cuda.get_device_name(0), "torch": torch.__version__}
+
+    summary["seed_baseline"] = seed_baseline(args.baseline_steps, data.tokenizer.vocab_size, batches)
+    print("seed baseline:", json.dumps(summary["seed_baseline"]), flush=True)
+
+    if not args.skip_train:
+        for name in args.presets.split(","):
+            config = preset(name)
+            config.train.max_steps = args.steps
+            config.train.save_interval = 10 * args.steps
+            config.train.eval_interval = max(args.steps // 2, 1)
+            config.train.eval_batches = 5
+            config.train.log_interval = 10
+            torch.cuda.reset_peak_memory_stats()
+            results = None
+            try:
+                results = train(config, out=args.out / name, progress=False)
+            except torch.OutOfMemoryError:
+                print(f"{name}: out of memory at batch 48; retrying as 2 x 24 (grad_accum 2)", flush=True)
+            if results is None:  # retried outside the handler so the failed attempt's tensors are freed
+                import gc
+
+                gc.collect()
+                torch.cuda.empty_cache()
+                config.train.batch_size, config.train.grad_accum = 24, 2
+                results = train(config, out=args.out / f"{name}_accum2", progress=False)
+            r = results["results"]
+            summary[name] = {k: r[k] for k in ("best_val_loss", "final_val_loss", "final_val_accuracy",
+                                               "tokens_per_s", "mfu", "train_time_s", "total_time_s")}
+            summary[name]["peak_mem_gb"] = torch.cuda.max_memory_allocated() / 1e9
+            summary[name]["params"] = results["model"]["params_total"]
+            print(name, json.dumps(summary[name]), flush=True)
+
+    profile_ours("h100_hybrid_sparse", args.out)
+    (args.out / "summary.json").write_text(json.dumps(summary, indent=2))
+    print("\n| run | params | tokens/s | ms/step (48x1024) | peak GB | best val loss |")
+    print("|---|---:|---:|---:|---:|---:|")
+    b = summary["seed_baseline"]
+    print(f"| seed baseline (FLA model, bf16 weights) | {b['params'] / 1e6:.1f}M | {b['tokens_per_s']:,.0f} | "
+          f"{b['ms_per_step']:.0f} | {b['peak_mem_gb']:.1f} | - |")
+    for name in args.presets.split(","):
+        if name in summary:
+            s = summary[name]
+            print(f"| hybridlm {name} | {s['params'] / 1e6:.1f}M | {s['tokens_per_s']:,.0f} | "
+                  f"{48 * 1024 / s['tokens_per_s'] * 1e3:.0f} | {s['peak_mem_gb']:.1f} | {s['best_val_loss']:.4f} |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,63 @@
+"""FLA's fused Triton kernels for the small ops around the mixers (CUDA only, optional).
+
+RMSNorm, the gated output norm, the causal short convolution and SwiGLU are cheap in FLOPs but,
+written in plain PyTorch under bf16 autocast, each saves several full-size (often float32)
+intermediates for backward. FLA's fused kernels save only their inputs and compute in float32
+inside the kernel, which is both what FLA's own models do (same numerics) and tens of GB less
+activation memory at 48 x 1024 tokens. Every function here returns None when the kernels cannot
+be used (CPU tensors, FLA missing or refused), and the caller falls back to its PyTorch code.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+
+
+@functools.lru_cache(maxsize=None)
+def _kernels(device_type: str):
+    if device_type != "cuda":
+        return None
+    from hybridlm.ops.gdn_fla import fla_usable
+
+    usable, _ = fla_usable("cuda")
+    if not usable:
+        return None
+    try:
+        from fla.modules.activations import swiglu
+        from fla.modules.causal_conv1d import causal_conv1d
+        from fla.modules.norm.fused_norm_gate import rms_norm_gated
+        from fla.modules.norm.layernorm import rms_norm
+    except Exception:  # noqa: BLE001 - any import problem means: use the PyTorch path
+        return None
+    return {"rms_norm": rms_norm, "rms_norm_gated": rms_norm_gated, "causal_conv1d": causal_conv1d,
+            "swiglu": swiglu}
+
+
+def available(x: torch.Tensor) -> bool:
+    return x.is_cuda and _kernels("cuda") is not None
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor | None:
+    k = _kernels(x.device.type)
+    return None if k is None else k["rms_norm"](x, weight, None, eps=eps)
+
+
+def gated_rms_norm(x: torch.Tensor, gate: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor | None:
+    k = _kernels(x.device.type)
+    return None if k is None else k["rms_norm_gated"](x, gate, weight, None, activation="swish", eps=eps)
+
+
+def short_conv_silu(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor | None:
+    """Causal depthwise conv + SiLU for a whole sequence (no cache); weight [D, 1, K]."""
+    k = _kernels(x.device.type)
+    if k is None:
+        return None
+    y, _ = k["causal_conv1d"](x=x, weight=weight.squeeze(1), activation="silu")
+    return y
+
+
+def swiglu(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor | None:
+    k = _kernels(gate.device.type)
+    return None if k is None else k["swiglu"](gate, up)

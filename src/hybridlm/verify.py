@@ -1,0 +1,192 @@
+"""`hybridlm verify`: prove on a GPU that the FLA path computes what the reference path computes.
+
+In one process: the GDN op through FLA against the pure-PyTorch chunked op (forward and every
+gradient, bf16 and float32, head dims 64/256, T in {64, 1000, 4096}, with and without an initial
+state); a hybrid model's logits and gradients with kernels=fla vs kernels=torch; our pure-GDN model
+against FLA's own `GatedDeltaNetForCausalLM` holding the same weights; cached decoding against the
+full forward. Every line is a relative error ||a - b|| / ||b|| against a threshold.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+import warnings
+from dataclasses import dataclass
+
+import torch
+
+# float32 runs FLA's kernels with tf32 dots (~3e-4); bf16 operands land between 1e-3 and 1e-2
+OP_THRESHOLDS = {torch.float32: 5e-3, torch.bfloat16: 3e-2}
+MODEL_THRESHOLD_BF16 = 1e-2
+DECODE_THRESHOLD = 5e-3
+
+
+@dataclass
+class Check:
+    name: str
+    error: float
+    threshold: float
+
+    @property
+    def ok(self) -> bool:
+        return self.error == self.error and self.error <= self.threshold  # NaN never passes
+
+
+def rel_error(a: torch.Tensor, b: torch.Tensor) -> float:
+    a, b = a.double(), b.double()
+    return ((a - b).norm() / b.norm().clamp(min=1e-30)).item()
+
+
+def _op_inputs(b, t, h, d, dtype, with_state, device, seed):
+    gen = torch.Generator(device=device).manual_seed(seed)
+
+    def rand(*shape):
+        return torch.randn(*shape, generator=gen, device=device)
+
+    q, k, v = rand(b, t, h, d), rand(b, t, h, d), rand(b, t, h, d)
+    g = -torch.nn.functional.softplus(rand(b, t, h)) * 0.5  # log decays in (-inf, 0)
+    beta = torch.sigmoid(rand(b, t, h))
+    h0 = rand(b, h, d, d) * 0.1 if with_state else None
+    tensors = [x.to(dtype) for x in (q, k, v)] + [g.float(), beta.to(dtype)]
+    if h0 is not None:
+        tensors.append(h0.float())
+    return [x.requires_grad_() for x in tensors]
+
+
+def check_op(device: torch.device):
+    from hybridlm.ops import gated_delta_rule
+
+    names = ["q", "k", "v", "g", "beta", "h0"]
+    for dtype in (torch.bfloat16, torch.float32):
+        for d in (64, 256):
+            for t in (64, 1000, 4096):
+                for with_state in (False, True):
+                    b, h = (2, 4) if t <= 1000 else (1, 4)
+                    label = f"op {str(dtype)[6:]} d={d} T={t}{' h0' if with_state else ''}"
+                    results = {}
+                    for backend in ("fla", "torch"):
+                        inputs = _op_inputs(b, t, h, d, dtype, with_state, device, seed=t + d)
+                        q, k, v, g, beta = inputs[:5]
+                        h0 = inputs[5] if with_state else None
+                        o, state = gated_delta_rule(q, k, v, g, beta, initial_state=h0, output_final_state=True,
+                                                    backend=backend, mode="chunk", use_qk_l2norm_in_kernel=True)
+                        torch.manual_seed(0)
+                        do = torch.randn_like(o)
+                        dstate = torch.randn_like(state)
+                        torch.autograd.backward([o, state], [do, dstate])
+                        results[backend] = [o.detach(), state.detach()] + [x.grad for x in inputs]
+                    threshold = OP_THRESHOLDS[dtype]
+                    labels = ["o", "state"] + [f"d{n}" for n in names[:len(results['fla']) - 2]]
+                    worst = max(range(len(labels)), key=lambda i: rel_error(results["fla"][i], results["torch"][i]))
+                    errors = [rel_error(a, b_) for a, b_ in zip(results["fla"], results["torch"])]
+                    yield Check(f"{label} (worst: {labels[worst]})", max(errors), threshold)
+
+
+def _small_hybrid_config(kernels: str, layout: str = "GGAGGA", vocab: int = 4096):
+    from hybridlm.config import ModelConfig
+    from hybridlm.config.model_config import AttentionConfig
+
+    return ModelConfig(vocab_size=vocab, hidden_size=512, num_hidden_layers=len(layout), num_heads=4,
+                       head_dim=128, intermediate_size=1536, layout=layout, kernels=kernels,
+                       attention=AttentionConfig(num_heads=8, num_kv_heads=4, window_size=512))
+
+
+def check_model_backends(device: torch.device) -> list[Check]:
+    """The same hybrid model with FLA kernels and with torch kernels: logits and all gradients."""
+    from hybridlm.model import HybridLM
+
+    torch.manual_seed(0)
+    ids = torch.randint(0, 4096, (2, 1000), device=device)
+    outputs = {}
+    state = None
+    for kernels in ("fla", "torch"):
+        model = HybridLM(_small_hybrid_config(kernels)).to(device)
+        if state is None:
+            state = model.state_dict()
+        else:
+            model.load_state_dict(state)
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            out = model(ids, labels=torch.roll(ids, -1, 1))
+        out.loss.backward()
+        grads = torch.cat([p.grad.flatten().float() for p in model.parameters()])
+        outputs[kernels] = (out.logits.float().detach(), grads)
+    return [Check("hybrid model logits, fla vs torch (bf16 autocast)", rel_error(*[outputs[k][0] for k in ("fla", "torch")]),
+                  2e-2),
+            Check("hybrid model gradients, fla vs torch (bf16 autocast)",
+                  rel_error(*[outputs[k][1] for k in ("fla", "torch")]), 5e-2)]
+
+
+def check_against_fla_model(device: torch.device) -> list[Check]:
+    """Our pure-GDN model vs FLA's GatedDeltaNetForCausalLM with identical weights, in bf16."""
+    from fla.models import GatedDeltaNetConfig, GatedDeltaNetForCausalLM
+
+    from hybridlm.interop import to_fla_config
+    from hybridlm.model import HybridLM
+
+    config = _small_hybrid_config("fla", layout="GGGG")
+    ours = HybridLM(config).to(device)
+    kwargs = {k: v for k, v in to_fla_config(config).items() if k not in ("model_type", "architectures")}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        theirs = GatedDeltaNetForCausalLM(GatedDeltaNetConfig(**kwargs)).to(device)
+    theirs.load_state_dict(ours.state_dict(), strict=True)
+    ours, theirs = ours.bfloat16().eval(), theirs.bfloat16().eval()
+    ids = torch.randint(0, config.vocab_size, (2, 1024), device=device)
+    with torch.no_grad():
+        a = ours(ids).logits.float()
+        b = theirs(input_ids=ids).logits.float()
+    checks = [Check("pure GDN vs FLA GatedDeltaNetForCausalLM logits (bf16)", rel_error(a, b), MODEL_THRESHOLD_BF16)]
+    ours_torch = HybridLM(_small_hybrid_config("torch", layout="GGGG")).to(device)
+    ours_torch.load_state_dict(theirs.state_dict())
+    with torch.no_grad():
+        c = ours_torch.bfloat16().eval()(ids).logits.float()
+    checks.append(Check("pure GDN (torch kernels) vs FLA model logits (bf16)", rel_error(c, b), MODEL_THRESHOLD_BF16))
+    return checks
+
+
+def check_decoding(device: torch.device) -> list[Check]:
+    """Cached step-by-step decoding (fused recurrent kernel) vs the full forward (chunk kernel)."""
+    from hybridlm.model import HybridLM
+
+    torch.manual_seed(0)
+    model = HybridLM(_small_hybrid_config("fla", layout="GAGG")).to(device).eval()
+    ids = torch.randint(0, 4096, (2, 300), device=device)
+    with torch.no_grad():
+        full = model(ids).logits
+        cache = model.new_cache()
+        prefix = model(ids[:, :200], cache=cache).logits
+        steps = [model(ids[:, t:t + 1], cache=cache).logits for t in range(200, 300)]
+        cached = torch.cat([prefix, *steps], dim=1)
+    return [Check("cached decoding vs full forward (fp32, fla kernels)", rel_error(cached, full), DECODE_THRESHOLD)]
+
+
+def run_verify(sections: tuple[str, ...] = ("fla_model", "decode", "model", "op")) -> int:
+    from hybridlm.reports import format_table
+
+    if not torch.cuda.is_available():
+        print("error: hybridlm verify needs a CUDA GPU with flash-linear-attention installed", file=sys.stderr)
+        return 2
+    from hybridlm.ops.gdn_fla import fla_usable
+
+    usable, reason = fla_usable("cuda")
+    if not usable:
+        print(f"error: FLA kernels cannot run here: {reason}", file=sys.stderr)
+        return 2
+    device = torch.device("cuda")
+    torch.backends.cuda.matmul.allow_tf32 = False
+    runners = {"op": check_op, "model": check_model_backends, "fla_model": check_against_fla_model,
+               "decode": check_decoding}
+    checks: list[Check] = []
+    started = time.perf_counter()
+    for section in sections:
+        for check in runners[section](device):
+            checks.append(check)
+            print(f"[{time.perf_counter() - started:6.1f}s] {'ok  ' if check.ok else 'FAIL'} {check.name}: "
+                  f"{check.error:.2e} (threshold {check.threshold:.0e})", flush=True)
+    rows = [[c.name, f"{c.error:.2e}", f"{c.threshold:.0e}", "ok" if c.ok else "FAIL"] for c in checks]
+    print(format_table(["check", "rel. error", "threshold", "result"], rows, align="lrrl"))
+    failed = sum(not c.ok for c in checks)
+    print(f"\n{len(checks) - failed}/{len(checks)} checks passed in {time.perf_counter() - started:.0f} s "
+          f"on {torch.cuda.get_device_name(0)}")
+    return 1 if failed else 0
