@@ -71,8 +71,8 @@ def fla_info() -> dict:
         return {"source": "none", "path": None, "version": None, "commit": None, "dirty": None}
     package_dir = origin.parent
     root = package_dir.parent
-    in_site_packages = any(part in ("site-packages", "dist-packages") for part in root.parts)
-    is_clone = (_activated is not None and Path(_activated) == root) or not in_site_packages
+    installed = any(root.glob("flash_linear_attention-*.dist-info")) or any(root.glob("fla_core-*.dist-info"))
+    is_clone = (_activated is not None and Path(_activated) == root) or not installed
     info = {"source": "local_clone" if is_clone else "pip", "path": str(package_dir),
             "version": _version(package_dir, use_metadata=not is_clone), "commit": None, "dirty": None}
     if is_clone:

@@ -8,6 +8,9 @@ Semantics follow FLA 0.6.0's ``chunk_gated_delta_rule`` with the state laid out 
 
 from __future__ import annotations
 
+import functools
+import warnings
+
 import torch
 
 from hybridlm.errors import BackendError
@@ -37,7 +40,15 @@ def resolve_backend(backend: str, device: torch.device) -> str:
     usable, reason = fla_usable(device)
     if backend == "fla" and not usable:
         raise BackendError(f"backend='fla' unavailable: {reason}")
+    if not usable and torch.device(device).type == "cuda":
+        _warn_fallback_once(reason)
     return "fla" if usable else "torch"
+
+
+@functools.lru_cache(maxsize=None)
+def _warn_fallback_once(reason: str) -> None:
+    """kernels='auto' on CUDA without usable FLA: say so (once), then run the PyTorch kernels."""
+    warnings.warn(f"FLA kernels unavailable, using the slower PyTorch GDN kernels: {reason}", stacklevel=3)
 
 
 def resolve_mode(mode: str, seq_len: int) -> str:
