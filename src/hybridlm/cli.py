@@ -193,17 +193,12 @@ def _add_progress_args(p: argparse.ArgumentParser) -> None:
 
 
 def _add_extension_commands(sub) -> None:
-    """Subcommands that live in their own modules (verify, sweep, compare, eval)."""
-    import importlib
+    """Subcommands whose parsers live with their packages (sweep, compare, eval)."""
+    from hybridlm.evaluation.cli import add_commands as add_eval
+    from hybridlm.sweep.cli import add_commands as add_sweep
 
-    for module in ("hybridlm.sweep.cli", "hybridlm.evaluation.cli"):
-        try:
-            mod = importlib.import_module(module)
-        except ModuleNotFoundError as exc:
-            if exc.name and module.startswith(exc.name):
-                continue
-            raise
-        mod.add_commands(sub)
+    add_sweep(sub)
+    add_eval(sub)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 
 
-def _pyplot():
+def pyplot():
     import matplotlib
 
     matplotlib.use("Agg")  # files only; never needs a display
@@ -16,7 +16,7 @@ def _pyplot():
 
 
 def plot_training_curves(metrics: list[dict[str, Any]], path: Path, title: str = "") -> Path:
-    plt = _pyplot()
+    plt = pyplot()
     train = [m for m in metrics if m.get("event") == "train"]
     evals = [m for m in metrics if m.get("event") == "eval"]
     fig, axes = plt.subplots(2, 2, figsize=(11, 7.5))

@@ -157,6 +157,7 @@ class Trainer:
             self.sampler.load_state_dict(sampler_at_step_start)
             self.progress.close()
             path = self._save(self.run.checkpoint(self.run.step_name(self.state.step)), with_optimizer=True)
+            self.run.prune_step_checkpoints(self.config.train.keep_checkpoints)
             print(f"\ninterrupted at step {self.state.step}; saved {path}. "
                   f"Resume with: hybridlm train --resume {self.run.path}", file=sys.stderr)
             raise

@@ -1,0 +1,179 @@
+"""DIR/sweep.json: the plan and each member's status, rewritten atomically after every change.
+
+    {"format": 1, "kind": "lr" | "arch" | "grid", "created": ISO, "updated": ISO,
+     "command": ["sweep", "arch", ...], "settings": {...}, "conditions": {...},
+     "members": [{"name", "preset", "config_file", "overrides", "group", "swept", "lr_source",
+                  "layout", "attention_fraction", "lr", "steps", "tokens", "params",
+                  "status", "error", "attempts", "device", "pid", "started", "finished", "wall_s",
+                  "returncode", "resumed_from_step", "eval_status", "eval_tasks", "eval_error"}, ...]}
+
+What a member still needs is decided from its run directory, not from the recorded status (a
+killed sweep leaves "running" behind): results.json with the planned steps means done, a
+checkpoint with optimizer state means resume, anything else means start afresh.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from hybridlm.errors import ConfigError, HybridLMError
+from hybridlm.runs import RunDir
+from hybridlm.sweep.plan import Member, SweepPlan
+
+SWEEP_FILE = "sweep.json"
+LOCK_FILE = ".sweep.lock"
+FORMAT = 1
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - Windows: no lock, one sweep per directory is up to the user
+    fcntl = None
+
+
+def now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def sweep_file(out: Path) -> Path:
+    return Path(out) / SWEEP_FILE
+
+
+def is_sweep_dir(path: Path) -> bool:
+    return sweep_file(path).is_file()
+
+
+def read_sweep(out: Path) -> dict[str, Any] | None:
+    path = sweep_file(out)
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise HybridLMError(f"{path} is not valid JSON ({exc.msg}); fix or delete it") from None
+
+
+def load_plan(out: Path) -> SweepPlan:
+    """The plan stored in DIR/sweep.json (members with their last recorded status)."""
+    data = read_sweep(out)
+    if data is None:
+        raise HybridLMError(f"{out} is not a sweep directory (no {SWEEP_FILE})")
+    return SweepPlan(kind=data["kind"], out=Path(out), members=[Member.from_json(m) for m in data["members"]],
+                     settings=data.get("settings", {}), conditions=data.get("conditions", {}))
+
+
+def write_sweep(plan: SweepPlan, command: list[str] | None = None) -> Path:
+    path = sweep_file(plan.out)
+    previous = read_sweep(plan.out) or {}
+    data = {
+        "format": FORMAT,
+        "kind": plan.kind,
+        "created": previous.get("created") or now(),
+        "updated": now(),
+        "command": command if command is not None else previous.get("command"),
+        "settings": plan.settings,
+        "conditions": plan.conditions,
+        "members": [m.to_json() for m in plan.members],
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{SWEEP_FILE}.tmp")
+    tmp.write_text(json.dumps(data, indent=1) + "\n")
+    os.replace(tmp, path)
+    return path
+
+
+def merge_with_previous(plan: SweepPlan) -> None:
+    """Carry statuses of a rerun's members over from sweep.json; refuse a member planned differently.
+
+    Members that kept their name must keep their preset and overrides: the directory holds a run of
+    that exact config, and resuming or ranking it under another config would mix two experiments."""
+    data = read_sweep(plan.out)
+    if data is None:
+        return
+    if data.get("kind") != plan.kind:
+        raise ConfigError(f"{plan.out} holds a `sweep {data.get('kind')}`, not a `sweep {plan.kind}`; "
+                          "choose another --out")
+    previous = {m["name"]: Member.from_json(m) for m in data.get("members", [])}
+    for member in plan.members:
+        old = previous.get(member.name)
+        if old is None:
+            continue
+        if not member.same_plan(old):
+            changed = [f for f in ("preset", "config_file", "overrides") if getattr(old, f) != getattr(member, f)]
+            detail = "; ".join(f"{f}: {getattr(old, f)} -> {getattr(member, f)}" for f in changed)
+            raise ConfigError(f"{plan.out}/{member.name} was planned with other settings ({detail}); rerun the "
+                              "original command to continue that sweep, or use a new --out")
+        for key in ("attempts", "device", "started", "finished", "wall_s", "returncode", "resumed_from_step",
+                    "eval_status", "eval_tasks", "eval_error"):
+            setattr(member, key, getattr(old, key))
+        if member.error is None:
+            member.status, member.error = old.status, old.error
+
+
+@dataclass(frozen=True)
+class DiskState:
+    """Where a member's run directory stands: done, resumable from a step, or not started."""
+
+    action: str                 # "done" | "resume" | "fresh"
+    step: int = 0
+    checkpoint: Path | None = None
+
+
+def disk_state(run_dir: Path, planned_steps: int | None) -> DiskState:
+    run = RunDir(run_dir)
+    results = _read_json(run.results_file)
+    if results is not None:
+        r = results.get("results", {})
+        if r.get("steps") == planned_steps or (r.get("stopped_early") and r.get("steps")):
+            return DiskState("done", int(r.get("steps") or 0))
+    if run.is_run():
+        checkpoint = run.latest_resumable()
+        if checkpoint is not None:
+            from hybridlm.runs.checkpoint import read_trainer_state
+
+            try:
+                step = int(read_trainer_state(checkpoint).get("step", 0))
+            except (HybridLMError, ValueError):
+                step = -1
+            if step >= 0:
+                return DiskState("resume", step, checkpoint)
+    return DiskState("fresh")
+
+
+def _read_json(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text()) if path.is_file() else None
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+class SweepLock:
+    """One sweep process per directory: a second `sweep` on the same --out is refused, not interleaved.
+
+    An flock dies with its process, so a killed sweep never leaves a stale lock behind."""
+
+    def __init__(self, out: Path):
+        self.path = Path(out) / LOCK_FILE
+        self.handle = None
+
+    def __enter__(self) -> "SweepLock":
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.handle = open(self.path, "a+")
+        if fcntl is not None:
+            try:
+                fcntl.flock(self.handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                self.handle.close()
+                raise HybridLMError(f"another sweep is running in {self.path.parent}; wait for it or stop it "
+                                    "first (rerunning afterwards continues where it stopped)") from None
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.handle is not None:
+            if fcntl is not None:
+                fcntl.flock(self.handle, fcntl.LOCK_UN)
+            self.handle.close()

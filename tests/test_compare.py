@@ -1,0 +1,99 @@
+"""`hybridlm compare` on hand-made run directories: sorting, eval columns, CSV, folders, errors."""
+
+import csv
+import json
+
+import pytest
+
+from hybridlm.cli import main
+from hybridlm.config import preset
+from hybridlm.sweep.compare import compare
+from hybridlm.sweep.plots import pareto_front
+
+
+def make_run(path, layout, lr, best, final, tps, evals=None, finished=True):
+    """A run directory as `hybridlm train` leaves it (config, metrics, results), without training."""
+    config = preset("tiny").with_overrides([f'model.layout="{layout}"', f"train.lr={lr}", f'run.name="{path.name}"'])
+    path.mkdir(parents=True)
+    config.save(path / "config.toml")
+    losses = [best + 0.5, best, final]
+    with open(path / "metrics.jsonl", "w") as f:
+        for step, loss in zip((20, 40, 60), losses):
+            f.write(json.dumps({"event": "train", "step": step, "loss": loss + 0.1, "lr": lr}) + "\n")
+            f.write(json.dumps({"event": "eval", "step": step, "tokens": step * 512, "val_loss": loss,
+                                "val_accuracy": 0.1, "val_perplexity": 2.718 ** loss}) + "\n")
+    if finished:
+        results = {"experiment": path.name, "config": config.to_dict(),
+                   "model": {"params_total": 218_000 + len(layout), "layout": layout,
+                             "attention_fraction": layout.count("A") / len(layout)},
+                   "results": {"best_val_loss": best, "best_step": 40, "final_val_loss": final,
+                               "final_val_accuracy": 0.1, "final_val_perplexity": 2.718 ** final, "steps": 60,
+                               "train_time_s": 10.0, "tokens_processed": 60 * 512, "tokens_per_s": tps}}
+        (path / "results.json").write_text(json.dumps(results))
+    if evals:
+        tasks = {task: {"metrics": metrics, "count": 10} for task, metrics in evals.items()}
+        (path / "eval.json").write_text(json.dumps({"format": 1, "tasks": tasks}))
+    return path
+
+
+@pytest.fixture
+def runs(tmp_path):
+    root = tmp_path / "runs"
+    make_run(root / "gdn", "GG", 3e-3, best=5.0, final=5.1, tps=3000, evals={"arc_challenge": {"acc_norm": 0.30}})
+    make_run(root / "hybrid", "GA", 3e-3, best=4.8, final=4.9, tps=2000, evals={"arc_challenge": {"acc_norm": 0.26}})
+    make_run(root / "attn", "AA", 1e-3, best=4.9, final=4.95, tps=1000, evals={"arc_challenge": {"acc_norm": 0.28}})
+    return root
+
+
+def test_sort_orders_and_eval_columns(runs, tmp_path):
+    table, records = compare([runs / "gdn", runs / "hybrid", runs / "attn"])
+    assert [r["name"] for r in records] == ["hybrid", "attn", "gdn"] and [r["rank"] for r in records] == [1, 2, 3]
+    assert "arc_challenge/acc_norm" in table.splitlines()[0]
+    assert records[0]["eval"] == {"arc_challenge/acc_norm": 0.26} and records[0]["attention_pct"] == 50.0
+    _, by_speed = compare([runs], sort="tokens_per_s")  # a folder of runs expands; higher is better
+    assert [r["name"] for r in by_speed] == ["gdn", "hybrid", "attn"]
+    _, by_arc = compare([runs], sort="arc_challenge/acc_norm")
+    assert [r["name"] for r in by_arc] == ["gdn", "attn", "hybrid"]
+    _, by_lr = compare([runs], sort="lr")
+    assert by_lr[0]["name"] == "attn"
+
+
+def test_cli_csv_and_plots(runs, tmp_path, capsys):
+    out = tmp_path / "report"
+    assert main(["compare", str(runs), "--csv", str(tmp_path / "c.csv"), "--out", str(out),
+                 "--metric", "arc_challenge/acc_norm"]) == 0
+    printed = capsys.readouterr().out
+    assert printed.splitlines()[2].startswith("|    1 | hybrid ")
+    rows = list(csv.DictReader(open(tmp_path / "c.csv")))
+    assert [r["name"] for r in rows] == ["hybrid", "attn", "gdn"] and rows[2]["arc_challenge/acc_norm"] == "0.3"
+    for name in ("val_loss_curves.png", "loss_vs_attention.png", "loss_vs_throughput.png"):
+        assert (out / name).read_bytes()[:4] == b"\x89PNG"
+    assert not (out / "loss_vs_lr.png").exists()  # every run is its own model: no lr series to draw
+    assert "sorted by best_val_loss" in (out / "comparison.md").read_text()
+
+
+def test_unfinished_run_is_listed_unranked(runs, tmp_path):
+    make_run(runs / "running", "GA", 2e-3, best=4.0, final=4.2, tps=1, finished=False)
+    _, records = compare([runs])
+    last = records[-1]
+    assert last["name"] == "running" and last["rank"] is None and last["status"] == "incomplete"
+    assert last["best_val_loss"] == 4.0 and last["steps"] == 60  # from its metrics so far
+    assert records[0]["name"] == "hybrid"
+
+
+def test_pareto_front():
+    records = [{"name": n, "best_val_loss": loss, "tokens_per_s": tps}
+               for n, loss, tps in [("fast", 5.0, 3000), ("mid", 4.8, 2000), ("slow_worse", 4.9, 1000),
+                                    ("slow_best", 4.7, 500)]]
+    assert [r["name"] for r in pareto_front(records, "best_val_loss")] == ["fast", "mid", "slow_best"]
+
+
+def test_errors(runs, tmp_path, capsys):
+    assert main(["compare", str(tmp_path / "missing")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert main(["compare", str(empty)]) == 2
+    assert "neither a run directory" in capsys.readouterr().err
+    assert main(["compare", str(runs), "--sort", "banana"]) == 2
+    assert "cannot sort by 'banana'" in capsys.readouterr().err
