@@ -28,8 +28,18 @@ def _fla_import_problem() -> str | None:
 
 
 def fla_usable(device: torch.device | str) -> tuple[bool, str]:
-    """Whether FLA's kernels can run on ``device``, and a one-line reason either way."""
+    """Whether FLA's kernels can run on ``device``, and a one-line reason either way.
+
+    Called on every GDN layer's forward, so the answer is computed once per device."""
     device = torch.device(device)
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else device
+    return _fla_usable_cached(str(device))
+
+
+@functools.lru_cache(maxsize=None)
+def _fla_usable_cached(device_name: str) -> tuple[bool, str]:
+    device = torch.device(device_name)
     if device.type != "cuda":
         return False, f"FLA kernels need CUDA tensors, got device '{device}'; use backend='torch' on CPU"
     if not torch.cuda.is_available():
