@@ -79,3 +79,14 @@ def test_parse_assignment_keeps_bare_words_as_strings():
 def test_unknown_preset_suggests_names():
     with pytest.raises(ConfigError, match="did you mean"):
         preset("hybrid_sparse")
+
+
+def test_unset_fields_survive_loading_over_a_preset(tmp_path):
+    """A saved config is complete: loading it on top of a preset must not restore the preset's values."""
+    config = preset("h100_hybrid_sparse").with_overrides(["model.attention.window_size=none"])
+    path = tmp_path / "c.toml"
+    config.save(path)
+    assert 'window_size = "none"' in path.read_text()
+    again = Config.load(path, base=preset("h100_hybrid_sparse"))
+    assert again.model.attention.window_size is None
+    assert again.to_dict() == config.to_dict()

@@ -189,3 +189,30 @@ def test_no_weight_decay_groups():
     assert any(n.endswith("A_log") for n in plain_names) and any(n.endswith("dt_bias") for n in plain_names)
     assert "model.embeddings.weight" in plain_names and "model.norm.weight" in plain_names
     assert all(p.ndim >= 2 for p in decay["params"]) and decay["weight_decay"] == 0.1
+
+
+def test_interrupted_checkpoint_swap_is_recovered(tmp_path):
+    """A crash between the two renames of a checkpoint swap leaves `.old-final`; it is found again."""
+    train(tiny(max_steps=4, eval_interval=4, save_interval=4), out=tmp_path / "run", progress=False)
+    run = RunDir(tmp_path / "run")
+    run.checkpoint("final").rename(run.checkpoints / ".old-final")
+    assert run.latest_resumable() == run.checkpoint("final")
+    assert (run.checkpoint("final") / "model.safetensors").is_file()
+
+
+def test_generation_builds_no_autograd_graph():
+    from hybridlm.model import HybridLM
+    from hybridlm.model.generation import generate_tokens
+
+    model = HybridLM(preset("tiny").model)
+    tokens = list(generate_tokens(model, torch.tensor([[1, 2, 3]]), 3, temperature=0))
+    assert all(not t.requires_grad for t in tokens)
+    assert torch.is_grad_enabled()
+
+
+def test_multi_process_training_is_refused_until_ddp_exists(tmp_path, monkeypatch):
+    from hybridlm.errors import ConfigError
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(ConfigError, match="not wired in yet"):
+        train(tiny(max_steps=2), out=tmp_path / "run", progress=False)

@@ -85,7 +85,7 @@ class Config:
     def to_toml(self) -> str:
         import tomli_w
 
-        return tomli_w.dumps(_drop_none(self.to_dict()))
+        return tomli_w.dumps(_none_as_word(self.to_dict()))
 
     def save(self, path: str | Path) -> None:
         Path(path).write_text(self.to_toml())
@@ -102,7 +102,7 @@ class Config:
         return cls.from_dict(values, base=base)
 
     def copy(self) -> "Config":
-        return Config.from_dict(_drop_none(self.to_dict()))
+        return Config.from_dict(_none_as_word(self.to_dict()))
 
     def with_overrides(self, assignments: list[str]) -> "Config":
         """Apply `section.key=value` strings (values parsed as TOML literals) to a copy."""
@@ -114,10 +114,15 @@ class Config:
         return config.validate()
 
 
-def _drop_none(value: Any) -> Any:
+NONE_WORDS = ("none", "null")
+
+
+def _none_as_word(value: Any) -> Any:
+    """TOML has no null: unset fields are written as "none", so a file fully describes its config
+    (loading it over a preset must not bring the preset's values back)."""
     if isinstance(value, dict):
-        return {k: _drop_none(v) for k, v in value.items() if v is not None}
-    return value
+        return {k: _none_as_word(v) for k, v in value.items()}
+    return "none" if value is None else value
 
 
 def parse_assignment(text: str) -> tuple[str, Any]:
@@ -125,7 +130,7 @@ def parse_assignment(text: str) -> tuple[str, Any]:
     if "=" not in text:
         raise ConfigError(f"--set expects key=value (e.g. train.lr=2e-3), got {text!r}")
     key, raw = (part.strip() for part in text.split("=", 1))
-    if raw.lower() in ("none", "null"):
+    if raw.lower() in NONE_WORDS:
         return key, None
     try:
         return key, tomllib.loads(f"v = {raw}")["v"]
@@ -158,7 +163,8 @@ def set_value(config: Config, dotted_key: str, value: Any, validate: bool = True
         for sub_key, sub_value in value.items():
             set_value(config, f"{dotted_key}.{sub_key}", sub_value, validate=False)
         return
-    setattr(target, name, _coerce(dotted_key, value, hints[name]))
+    value = _coerce(dotted_key, value, hints[name])
+    setattr(target, name, value)
     # the layout has two spellings; setting one replaces the other
     if target is config.model and name == "layout" and value is not None:
         config.model.attention_layers = []
@@ -174,7 +180,7 @@ def _coerce(key: str, value: Any, annotation: Any) -> Any:
     origin = typing.get_origin(annotation)
     if origin in (typing.Union, types.UnionType):
         options = typing.get_args(annotation)
-        if value is None and type(None) in options:
+        if type(None) in options and (value is None or (isinstance(value, str) and value.lower() in NONE_WORDS)):
             return None
         errors = []
         for option in options:

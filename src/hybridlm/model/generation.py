@@ -30,6 +30,7 @@ def sample_next(logits: torch.Tensor, temperature: float = 1.0, top_k: int | Non
     return torch.multinomial(probs, 1, generator=generator)[:, 0]
 
 
+@torch.no_grad()  # torch wraps generators: grad stays off inside, on in the caller's code between tokens
 def generate_tokens(model, input_ids: torch.Tensor, max_new_tokens: int, temperature: float = 1.0,
                     top_k: int | None = None, top_p: float | None = None, eos_token_id: int | None = None,
                     seed: int | None = None) -> Iterator[torch.Tensor]:

@@ -72,7 +72,12 @@ def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: to
     targets1d = targets.reshape(-1)
     if hidden2d.shape[0] != targets1d.shape[0]:
         raise ValueError(f"targets has {targets1d.shape[0]} rows but hidden has {hidden2d.shape[0]}")
-    if weight.dtype != hidden2d.dtype:  # under autocast the head runs in the compute dtype
+    if torch.is_autocast_enabled(hidden2d.device.type):
+        # custom Functions' backward runs outside autocast: cast once here so both passes use the
+        # low-precision matmuls (logits are still accumulated in float32 inside)
+        compute = torch.get_autocast_dtype(hidden2d.device.type)
+        hidden2d = hidden2d.to(compute)
+    if weight.dtype != hidden2d.dtype:
         weight = weight.to(hidden2d.dtype)
     rows = chunk_rows or _chunk_rows(weight.shape[0], hidden2d.device)
     return _LinearCrossEntropy.apply(hidden2d, weight, targets1d, rows)

@@ -113,7 +113,17 @@ class RunDir:
         return json.loads(self.results_file.read_text())
 
     # ------------------------------------------------------------ checkpoints
+    def recover_interrupted_saves(self) -> None:
+        """A crash between the two renames of a checkpoint swap leaves only `.old-NAME`: put it back."""
+        if not self.checkpoints.is_dir():
+            return
+        for old in self.checkpoints.glob(".old-*"):
+            target = old.with_name(old.name[len(".old-"):])
+            if not target.exists():
+                old.rename(target)
+
     def step_checkpoints(self) -> list[tuple[int, Path]]:
+        self.recover_interrupted_saves()
         if not self.checkpoints.is_dir():
             return []
         found = []
@@ -150,6 +160,7 @@ class RunDir:
             if latest is None:
                 raise CheckpointError(f"{self.path} has no resumable checkpoint")
             return latest
+        self.recover_interrupted_saves()
         candidate = Path(which)
         if candidate.is_dir() and (candidate / "model.safetensors").is_file():
             return candidate

@@ -37,6 +37,9 @@ def train(config: Config | None = None, out: str | Path | None = None, resume: s
     from hybridlm.train.trainer import Trainer
 
     proc = process_info()
+    if proc.world_size > 1:
+        raise ConfigError(f"WORLD_SIZE={proc.world_size}: multi-process training (torchrun, DDP/FSDP2) is not "
+                          "wired in yet; run one process per GPU with `hybridlm sweep --devices` instead")
     data = prepare_data(config.data, progress=progress is not False and proc.is_main)
     if config.model.vocab_size != data.tokenizer.vocab_size:
         config.model.vocab_size = data.tokenizer.vocab_size

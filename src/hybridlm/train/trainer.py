@@ -144,14 +144,18 @@ class Trainer:
                     self.progress.update(step, loss=mean_loss, lr=lr, tokens_per_s=tps)
                     interval_loss.zero_()
                     interval_steps, interval_tokens = 0, 0
+                paused = time.perf_counter()  # evaluation and checkpoints do not count as training time
                 if step % t.eval_interval == 0 or last:
                     self._evaluate_and_keep_best()
                 if step % t.save_interval == 0 and not last:
                     self._save(self.run.checkpoint(self.run.step_name(step)), with_optimizer=True)
                     self.run.prune_step_checkpoints(t.keep_checkpoints)
+                interval_start += time.perf_counter() - paused
                 if interval_steps == 0:
                     interval_start = time.perf_counter()
         except KeyboardInterrupt:
+            if interval_steps:
+                self.state.train_time_s += time.perf_counter() - interval_start
             # the step in flight is dropped: its batches are drawn again after resuming
             self.optimizer.zero_grad(set_to_none=True)
             self.sampler.load_state_dict(sampler_at_step_start)
