@@ -1,5 +1,6 @@
 """Time individual training steps of our model on the GPU (first steps include Triton autotuning and
-TileLang compilation): `python bench/gpu_step_probe.py --preset h100_deltanet --steps 12`."""
+TileLang compilation): `TRITON_PRINT_AUTOTUNING=1 python bench/gpu_step_probe.py --preset h100_deltanet`.
+Stacks are dumped every --traceback-every seconds, so a stuck first step shows where it is."""
 
 from __future__ import annotations
 
@@ -14,7 +15,13 @@ def main() -> None:
     parser.add_argument("--preset", default="h100_deltanet")
     parser.add_argument("--steps", type=int, default=12)
     parser.add_argument("--batch", type=int, default=48)
+    parser.add_argument("--traceback-every", type=float, default=60.0,
+                        help="print every thread's stack every N seconds (shows where a slow first step sits)")
     args = parser.parse_args()
+    import faulthandler
+    import sys
+
+    faulthandler.dump_traceback_later(args.traceback_every, repeat=True, file=sys.stderr)
 
     from hybridlm.config import preset
     from hybridlm.model import HybridLM
