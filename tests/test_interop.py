@@ -117,3 +117,37 @@ def test_reference_preset_sizes():
     assert round(params("h100_deltanet") / 1e6, 1) == 302.7
     assert round(params("h100_transformer") / 1e6, 1) == 188.8
     assert params("h100_deltanet") == params("h100_base")
+
+
+def test_fused_gate_training_path_follows_fla_contract(fla_models, monkeypatch):
+    """On CUDA the mixer hands FLA raw a/b projections with use_gate_in_kernel / use_beta_sigmoid_in_kernel,
+    as FLA's own layer does. Here FLA's kernel is replaced by its documented semantics (computed with our
+    torch op), so the test proves the wiring: same logits as the explicit-gate path, float64."""
+    import fla.ops.gated_delta_rule as fla_gdr
+    import torch.nn.functional as F
+
+    from hybridlm.model import gated_deltanet
+    from hybridlm.ops import gdn_fla, gated_delta_rule
+
+    calls = []
+
+    def fake_chunk(q, k, v, g, beta, initial_state=None, output_final_state=False, **kwargs):
+        calls.append(kwargs)
+        assert kwargs["use_gate_in_kernel"] and kwargs["use_beta_sigmoid_in_kernel"]
+        assert kwargs["use_qk_l2norm_in_kernel"] and initial_state is None and not output_final_state
+        decay = -kwargs["A_log"].exp() * F.softplus(g + kwargs["dt_bias"])
+        beta = beta.sigmoid() * (2.0 if kwargs["allow_neg_eigval"] else 1.0)
+        return gated_delta_rule(q, k, v, decay, beta, backend="torch", use_qk_l2norm_in_kernel=True)
+
+    torch.manual_seed(0)
+    config = tiny_config(attention_layers=[1], allow_neg_eigval=True, attention=AttentionConfig(num_heads=4))
+    reference = HybridLM(config).double()
+    ids = torch.randint(0, 101, (2, 70))
+    expected = reference(ids).logits
+
+    monkeypatch.setattr(fla_gdr, "chunk_gated_delta_rule", fake_chunk)
+    monkeypatch.setattr(gdn_fla, "fla_usable", lambda device: (True, "faked for the test"))
+    monkeypatch.setattr(gated_deltanet, "resolve_backend", lambda kernels, device: "fla")
+    got = reference(ids).logits
+    assert len(calls) == 2  # the two GDN layers
+    assert (got - expected).abs().max().item() < 1e-12

@@ -20,6 +20,8 @@ from hybridlm.config.model_config import ModelConfig
 from hybridlm.model.norm import GatedRMSNorm, RMSNorm
 from hybridlm.model.short_conv import ShortConvolution
 from hybridlm.ops import gated_delta_rule
+from hybridlm.ops.gated_delta_rule import resolve_backend
+from hybridlm.ops.gdn_fla import fla_chunk_with_raw_gates
 
 
 class GatedDeltaNet(nn.Module):
@@ -83,6 +85,11 @@ class GatedDeltaNet(nn.Module):
         q = self._conv("q", self.q_proj(x), cache).view(b, t, self.num_heads, self.head_k_dim)
         k = self._conv("k", self.k_proj(x), cache).view(b, t, self.num_heads, self.head_k_dim)
         v = self._conv("v", self.v_proj(x), cache).view(b, t, self.num_v_heads, self.head_v_dim)
+        if cache is None and resolve_backend(self.kernels, x.device) == "fla":
+            # training / scoring on CUDA: FLA's layer path, gates and norms fused into the kernel
+            o = fla_chunk_with_raw_gates(q, k, v, self.a_proj(x), self.b_proj(x), self.A_log, self.dt_bias,
+                                         self.allow_neg_eigval)
+            return self._output(x, o)
         acc = torch.promote_types(x.dtype, torch.float32)  # gates in float32 (float64 in tests)
         beta = self.b_proj(x).to(acc).sigmoid()
         if self.allow_neg_eigval:
@@ -94,6 +101,11 @@ class GatedDeltaNet(nn.Module):
             backend=self.kernels, use_qk_l2norm_in_kernel=True)
         if cache is not None:
             cache["state"] = final_state
+        return self._output(x, o)
+
+    def _output(self, x: torch.Tensor, o: torch.Tensor) -> torch.Tensor:
+        """Per-head output norm (gated by silu(g_proj x) when use_gate), then o_proj."""
+        b, t, _ = x.shape
         if self.use_gate:
             gate = self.g_proj(x).view(b, t, self.num_v_heads, self.head_v_dim)
             o = self.o_norm(o, gate)

@@ -94,3 +94,44 @@ def fla_gated_delta_rule(
         use_qk_l2norm_in_kernel=use_qk_l2norm_in_kernel,
         state_v_first=False,
     )
+
+
+def fla_chunk_with_raw_gates(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    a: torch.Tensor,
+    b: torch.Tensor,
+    A_log: torch.Tensor,
+    dt_bias: torch.Tensor,
+    allow_neg_eigval: bool,
+) -> torch.Tensor:
+    """Training forward with the gates fused into FLA's chunk kernel, exactly as FLA's own layer calls it.
+
+    `a` and `b` are the raw a_proj / b_proj outputs: the kernel computes g = -exp(A_log) *
+    softplus(a + dt_bias) and beta = sigmoid(b) (x2 with allow_neg_eigval) itself, and L2-normalises
+    q and k. There is no state in or out (training), so the state layout flag is free to match FLA's
+    layer (`state_v_first=True`), which keeps our kernel variants identical to FLA's model.
+    """
+    usable, reason = fla_usable(q.device)
+    if not usable:
+        raise BackendError(f"backend='fla' unavailable: {reason}")
+    from fla.ops.gated_delta_rule import chunk_gated_delta_rule
+
+    o, _ = chunk_gated_delta_rule(
+        q=q,
+        k=k,
+        v=v,
+        g=a,
+        beta=b,
+        initial_state=None,
+        output_final_state=False,
+        use_qk_l2norm_in_kernel=True,
+        use_beta_sigmoid_in_kernel=True,
+        allow_neg_eigval=allow_neg_eigval,
+        state_v_first=True,
+        use_gate_in_kernel=True,
+        A_log=A_log,
+        dt_bias=dt_bias,
+    )
+    return o
