@@ -95,6 +95,8 @@ def main() -> None:
     parser.add_argument("--baseline-steps", type=int, default=30)
     parser.add_argument("--presets", default="h100_deltanet,h100_hybrid_sparse")
     parser.add_argument("--skip-train", action="store_true")
+    parser.add_argument("--runs-dir", type=Path, default=Path("/tmp/gpu-runs"),
+                        help="where the training runs (with multi-GB checkpoints) go; --out gets the summaries")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
 
@@ -124,7 +126,7 @@ def main() -> None:
             torch.cuda.reset_peak_memory_stats()
             results = None
             try:
-                results = train(config, out=args.out / name, progress=False)
+                results = train(config, out=args.runs_dir / name, progress=False)
             except torch.OutOfMemoryError:
                 print(f"{name}: out of memory at batch 48; retrying as 2 x 24 (grad_accum 2)", flush=True)
             if results is None:  # retried outside the handler so the failed attempt's tensors are freed
@@ -133,13 +135,19 @@ def main() -> None:
                 gc.collect()
                 torch.cuda.empty_cache()
                 config.train.batch_size, config.train.grad_accum = 24, 2
-                results = train(config, out=args.out / f"{name}_accum2", progress=False)
+                results = train(config, out=args.runs_dir / f"{name}_accum2", progress=False)
             r = results["results"]
             summary[name] = {k: r[k] for k in ("best_val_loss", "final_val_loss", "final_val_accuracy",
                                                "tokens_per_s", "mfu", "train_time_s", "total_time_s")}
             summary[name]["peak_mem_gb"] = torch.cuda.max_memory_allocated() / 1e9
             summary[name]["params"] = results["model"]["params_total"]
             print(name, json.dumps(summary[name]), flush=True)
+            import shutil
+
+            for kept in ("metrics.jsonl", "results.json", "training_curves.png"):
+                run_dir = args.runs_dir / (name if (args.runs_dir / name / "results.json").exists() else f"{name}_accum2")
+                if (run_dir / kept).exists():
+                    shutil.copy(run_dir / kept, args.out / f"{name}_{kept}")
 
     profile_ours("h100_hybrid_sparse", args.out)
     (args.out / "summary.json").write_text(json.dumps(summary, indent=2))
