@@ -55,35 +55,21 @@ def seed_baseline(steps: int, vocab: int, batches) -> dict:
 
 
 def profile_ours(preset_name: str, out: Path, steps: int = 3) -> str:
-    from hybridlm.config import preset
-    from hybridlm.model import HybridLM
-    from hybridlm.train.optim import build_optimizer
+    from torch.profiler import ProfilerActivity, profile
 
-    config = preset(preset_name)
-    model = HybridLM(config.model).cuda()
-    opt = build_optimizer(model, 1e-3, 0.1, (0.9, 0.95), 1e-8, "cuda")
-    batch = torch.randint(0, config.model.vocab_size, (48, 1025), device="cuda")
+    from gpu_step_probe import build_step  # bench/ is on sys.path when this script runs
 
-    def step():
-        with torch.autocast("cuda", dtype=torch.bfloat16):
-            loss = model(batch[:, :-1], labels=batch[:, 1:], return_logits=False).loss
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-
+    step, _ = build_step(preset_name)
     for _ in range(3):
         step()
     torch.cuda.synchronize()
-    from torch.profiler import ProfilerActivity, profile
-
     with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
         for _ in range(steps):
             step()
         torch.cuda.synchronize()
     table = prof.key_averages().table(sort_by="cuda_time_total", row_limit=25, max_name_column_width=60)
     (out / f"profile_{preset_name}.txt").write_text(table)
-    del model, opt
+    del step
     torch.cuda.empty_cache()
     return table
 

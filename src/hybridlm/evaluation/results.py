@@ -15,9 +15,9 @@ Evaluating a task again replaces its entry and keeps the others, so `--tasks lam
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
+from hybridlm.atomic_write import write_json_atomic
 from hybridlm.errors import HybridLMError
 
 EVAL_FILE = "eval.json"
@@ -47,10 +47,7 @@ def write_eval(run_dir: str | Path, results: dict) -> Path:
         tasks[name] = {k: v for k, v in entry.items() if k != "samples"}
     merged = {"format": FORMAT, "updated": results.get("date"), "hybridlm_version": results.get("hybridlm_version"),
               "tasks": tasks}
-    tmp = path.with_name(f".{EVAL_FILE}.tmp")
-    tmp.write_text(json.dumps(merged, indent=2) + "\n")
-    os.replace(tmp, path)
-    return path
+    return write_json_atomic(path, merged)
 
 
 def read_eval(run_dir: str | Path) -> dict[str, float] | None:

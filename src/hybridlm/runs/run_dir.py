@@ -11,11 +11,11 @@
 from __future__ import annotations
 
 import json
-import os
 import re
 from pathlib import Path
 from typing import Any
 
+from hybridlm.atomic_write import write_json_atomic, write_text_atomic
 from hybridlm.errors import CheckpointError, HybridLMError
 
 CONFIG_FILE = "config.toml"
@@ -98,14 +98,10 @@ class RunDir:
     def truncate_metrics(self, after_step: int) -> None:
         """Drop events past `after_step` (resuming from an earlier checkpoint replays them)."""
         kept = [r for r in self.read_metrics() if r.get("step", 0) <= after_step]
-        tmp = self.metrics_file.with_suffix(".tmp")
-        tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
-        os.replace(tmp, self.metrics_file)
+        write_text_atomic(self.metrics_file, "".join(json.dumps(r) + "\n" for r in kept))
 
     def write_results(self, results: dict[str, Any]) -> None:
-        tmp = self.results_file.with_suffix(".tmp")
-        tmp.write_text(json.dumps(results, indent=2) + "\n")
-        os.replace(tmp, self.results_file)
+        write_json_atomic(self.results_file, results)
 
     def read_results(self) -> dict[str, Any] | None:
         if not self.results_file.is_file():

@@ -15,12 +15,12 @@ checkpoint with optimizer state means resume, anything else means start afresh.
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from hybridlm.atomic_write import write_json_atomic
 from hybridlm.errors import ConfigError, HybridLMError
 from hybridlm.runs import RunDir
 from hybridlm.sweep.plan import Member, SweepPlan
@@ -80,10 +80,7 @@ def write_sweep(plan: SweepPlan, command: list[str] | None = None) -> Path:
         "members": [m.to_json() for m in plan.members],
     }
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{SWEEP_FILE}.tmp")
-    tmp.write_text(json.dumps(data, indent=1) + "\n")
-    os.replace(tmp, path)
-    return path
+    return write_json_atomic(path, data, indent=1)
 
 
 def merge_with_previous(plan: SweepPlan) -> None:

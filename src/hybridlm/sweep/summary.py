@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from pathlib import Path
 from typing import Any
 
+from hybridlm.atomic_write import write_json_atomic, write_text_atomic
 from hybridlm.reports import format_table, human_count
 from hybridlm.runs import RunDir
 from hybridlm.sweep.plan import Member, SweepPlan
@@ -235,8 +235,8 @@ def write_summary(plan: SweepPlan, command: list[str] | None = None, plots: bool
         from hybridlm.sweep.plots import write_plots
 
         summary["plots"] = [p.name for p in write_plots(records, plan.out, kind=plan.kind)]
-    _write_atomic(plan.out / SUMMARY_JSON, json.dumps(summary, indent=1) + "\n")
-    _write_atomic(plan.out / SUMMARY_MD, summary_markdown(summary, records))
+    write_json_atomic(plan.out / SUMMARY_JSON, summary, indent=1)
+    write_text_atomic(plan.out / SUMMARY_MD, summary_markdown(summary, records))
     return summary
 
 
@@ -303,7 +303,3 @@ def _quote(arg: str) -> str:
     return shlex.quote(arg)
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)

@@ -6,7 +6,6 @@ All checks that can fail (output directory, data, checkpoint, FLA source) run be
 
 from __future__ import annotations
 
-import math
 import time
 from pathlib import Path
 from typing import Any
@@ -46,7 +45,7 @@ def train(config: Config | None = None, out: str | Path | None = None, resume: s
     config.validate()
     device = resolve_device(config.train.device)
     precision = resolve_precision(config.train.precision, device)
-    kernel_backend = _kernel_backend(config.model.kernels, device, resolve_backend)
+    kernel_backend = resolve_backend(config.model.kernels, device)
 
     if proc.is_main:
         config.save(run.config_file)
@@ -120,14 +119,10 @@ def _resolve_run(config: Config | None, out, resume, extend_steps) -> tuple[RunD
     return run, saved.validate(), checkpoint
 
 
-def _kernel_backend(kernels: str, device: torch.device, resolve_backend) -> str:
-    return resolve_backend(kernels, device)
-
-
 def _total_time(run: RunDir, wall: float, checkpoint: Path | None) -> float:
     previous = 0.0
     if checkpoint is not None:
         old = run.read_results()
         if old and old.get("results", {}).get("total_time_s") is not None:
             previous = float(old["results"]["total_time_s"])
-    return previous + wall if not math.isnan(wall) else previous
+    return previous + wall
