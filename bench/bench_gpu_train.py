@@ -22,7 +22,8 @@ from pathlib import Path
 import torch
 
 
-def seed_baseline(steps: int, vocab: int, batches) -> dict:
+def build_baseline_step(vocab: int, batches):
+    """The seed's loop: FLA's GatedDeltaNetForCausalLM, weights cast to bf16, plain AdamW."""
     from fla.models import GatedDeltaNetConfig, GatedDeltaNetForCausalLM
 
     with warnings.catch_warnings():
@@ -30,47 +31,48 @@ def seed_baseline(steps: int, vocab: int, batches) -> dict:
         config = GatedDeltaNetConfig(hidden_size=768, num_hidden_layers=12, num_heads=12, hidden_ratio=4,
                                      intermediate_size=3072, vocab_size=vocab, expand_v=1)
         model = GatedDeltaNetForCausalLM(config).cuda().to(torch.bfloat16)
-    params = sum(p.numel() for p in model.parameters())
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3, betas=(0.9, 0.95), weight_decay=0.1)
     model.train()
-    times = []
-    for step in range(steps):
-        batch = batches[step % len(batches)].cuda(non_blocking=True)
-        torch.cuda.synchronize()
-        t0 = time.perf_counter()
+    counter = iter(range(1 << 30))
+
+    def step() -> torch.Tensor:
+        batch = batches[next(counter) % len(batches)].cuda(non_blocking=True)
         loss = model(input_ids=batch[:, :-1], labels=batch[:, :-1]).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         opt.zero_grad(set_to_none=True)
+        return loss.detach()
+
+    return step, sum(p.numel() for p in model.parameters())
+
+
+def time_steps(step, steps: int, tokens_per_step: int, warmup: int = 5) -> dict:
+    """Median step time after `warmup` steps (the first ones include Triton autotuning and TileLang builds)."""
+    times = []
+    torch.cuda.reset_peak_memory_stats()
+    for _ in range(steps):
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        loss = step()
         torch.cuda.synchronize()
         times.append(time.perf_counter() - t0)
-    steady = sorted(times[5:])[len(times[5:]) // 2]
-    tokens = batches[0].shape[0] * (batches[0].shape[1] - 1)
-    result = {"params": params, "ms_per_step": steady * 1e3, "tokens_per_s": tokens / steady,
-              "peak_mem_gb": torch.cuda.max_memory_allocated() / 1e9, "final_loss": loss.item()}
-    del model, opt
-    torch.cuda.empty_cache()
-    return result
+    steady = sorted(times[warmup:])[len(times[warmup:]) // 2]
+    return {"ms_per_step": steady * 1e3, "tokens_per_s": tokens_per_step / steady, "first_step_s": times[0],
+            "peak_mem_gb": torch.cuda.max_memory_allocated() / 1e9, "final_loss": loss.item()}
 
 
-def profile_ours(preset_name: str, out: Path, steps: int = 3) -> str:
-    from torch.profiler import ProfilerActivity, profile
+def profile(step, name: str, out: Path, steps: int = 3) -> str:
+    """Top CUDA kernels of `steps` already-warm steps, by total CUDA time."""
+    from torch.profiler import ProfilerActivity, profile as torch_profile
 
-    from gpu_step_probe import build_step  # bench/ is on sys.path when this script runs
-
-    step, _ = build_step(preset_name)
-    for _ in range(3):
-        step()
     torch.cuda.synchronize()
-    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+    with torch_profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
         for _ in range(steps):
             step()
         torch.cuda.synchronize()
-    table = prof.key_averages().table(sort_by="cuda_time_total", row_limit=25, max_name_column_width=60)
-    (out / f"profile_{preset_name}.txt").write_text(table)
-    del step
-    torch.cuda.empty_cache()
+    table = prof.key_averages().table(sort_by="cuda_time_total", row_limit=30, max_name_column_width=70)
+    (out / f"profile_{name}.txt").write_text(table)
     return table
 
 
@@ -83,8 +85,14 @@ def main() -> None:
     parser.add_argument("--skip-train", action="store_true")
     parser.add_argument("--runs-dir", type=Path, default=Path("/tmp/gpu-runs"),
                         help="where the training runs (with multi-GB checkpoints) go; --out gets the summaries")
+    parser.add_argument("--traceback-every", type=float, default=90.0,
+                        help="dump every thread's stack every N seconds (locates a stuck first step)")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
+    import faulthandler
+    import sys
+
+    faulthandler.dump_traceback_later(args.traceback_every, repeat=True, file=sys.stderr)
 
     from hybridlm.config import preset
     from hybridlm.data import TrainSampler, prepare_data
@@ -98,8 +106,24 @@ def main() -> None:
     batches = [sampler.next_batch() for _ in range(8)]
     summary: dict = {"gpu": torch.cuda.get_device_name(0), "torch": torch.__version__}
 
-    summary["seed_baseline"] = seed_baseline(args.baseline_steps, data.tokenizer.vocab_size, batches)
+    tokens = 48 * 1024
+    step, params = build_baseline_step(data.tokenizer.vocab_size, batches)
+    summary["seed_baseline"] = {"params": params, **time_steps(step, args.baseline_steps, tokens)}
     print("seed baseline:", json.dumps(summary["seed_baseline"]), flush=True)
+    print(profile(step, "seed_baseline", args.out), flush=True)
+    del step
+    torch.cuda.empty_cache()
+
+    from gpu_step_probe import build_step  # bench/ is on sys.path when this script runs
+
+    for name in args.presets.split(","):
+        step, _ = build_step(name)
+        summary[f"step_{name}"] = time_steps(step, args.baseline_steps, tokens)
+        print(f"hybridlm step {name}:", json.dumps(summary[f"step_{name}"]), flush=True)
+        print(profile(step, name, args.out), flush=True)
+        del step
+        torch.cuda.empty_cache()
+    (args.out / "summary.json").write_text(json.dumps(summary, indent=2))
 
     if not args.skip_train:
         for name in args.presets.split(","):
@@ -124,7 +148,7 @@ def main() -> None:
                 results = train(config, out=args.runs_dir / f"{name}_accum2", progress=False)
             r = results["results"]
             summary[name] = {k: r[k] for k in ("best_val_loss", "final_val_loss", "final_val_accuracy",
-                                               "tokens_per_s", "mfu", "train_time_s", "total_time_s")}
+                                               "tokens_per_s", "tokens_per_s_steady", "mfu", "train_time_s", "total_time_s")}
             summary[name]["peak_mem_gb"] = torch.cuda.max_memory_allocated() / 1e9
             summary[name]["params"] = results["model"]["params_total"]
             print(name, json.dumps(summary[name]), flush=True)
@@ -135,7 +159,6 @@ def main() -> None:
                 if (run_dir / kept).exists():
                     shutil.copy(run_dir / kept, args.out / f"{name}_{kept}")
 
-    profile_ours("h100_hybrid_sparse", args.out)
     (args.out / "summary.json").write_text(json.dumps(summary, indent=2))
     print("\n| run | params | tokens/s | ms/step (48x1024) | peak GB | best val loss |")
     print("|---|---:|---:|---:|---:|---:|")
@@ -143,10 +166,15 @@ def main() -> None:
     print(f"| seed baseline (FLA model, bf16 weights) | {b['params'] / 1e6:.1f}M | {b['tokens_per_s']:,.0f} | "
           f"{b['ms_per_step']:.0f} | {b['peak_mem_gb']:.1f} | - |")
     for name in args.presets.split(","):
+        s = summary[f"step_{name}"]
+        print(f"| hybridlm {name}, bare step loop | - | {s['tokens_per_s']:,.0f} | {s['ms_per_step']:.0f} | "
+              f"{s['peak_mem_gb']:.1f} | - |")
+    for name in args.presets.split(","):
         if name in summary:
             s = summary[name]
-            print(f"| hybridlm {name} | {s['params'] / 1e6:.1f}M | {s['tokens_per_s']:,.0f} | "
-                  f"{48 * 1024 / s['tokens_per_s'] * 1e3:.0f} | {s['peak_mem_gb']:.1f} | {s['best_val_loss']:.4f} |")
+            print(f"| hybridlm {name}, trainer (steady) | {s['params'] / 1e6:.1f}M | {s['tokens_per_s_steady']:,.0f} | "
+                  f"{48 * 1024 / s['tokens_per_s_steady'] * 1e3:.0f} | {s['peak_mem_gb']:.1f} | "
+                  f"{s['best_val_loss']:.4f} |")
 
 
 if __name__ == "__main__":

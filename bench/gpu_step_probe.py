@@ -17,6 +17,9 @@ def build_step(preset_name: str, batch_size: int = 48) -> tuple[Callable[[], tor
     from hybridlm.config import preset
     from hybridlm.model import HybridLM
     from hybridlm.train.optim import build_optimizer
+    from hybridlm.train.precision import resolve_precision
+
+    resolve_precision("bf16", torch.device("cuda"))  # the trainer's CUDA settings (TF32 for fp32 matmuls)
 
     config = preset(preset_name)
     model = HybridLM(config.model).cuda()

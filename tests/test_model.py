@@ -125,3 +125,33 @@ def test_fla_initialisation_ranges():
     std = model.model.layers[0].mlp.up_proj.weight.std().item()
     assert 0.015 < std < 0.025
     assert torch.equal(model.model.norm.weight, torch.ones(64))
+
+
+def test_fla_fused_loss_is_used_only_for_training_with_fla_kernels(monkeypatch):
+    """On CUDA the training loss goes through FLA's fused linear CE (grad mode only); evaluation and
+    kernels='torch' keep our chunked loss. FLA's kernel is replaced by plain CE (its contract)."""
+    from hybridlm.model import fused
+
+    calls = []
+
+    def fake_fused_ce(hidden2d, targets1d, weight):
+        calls.append(hidden2d.shape)
+        return F.cross_entropy(hidden2d @ weight.t(), targets1d, ignore_index=-100)
+
+    monkeypatch.setattr(fused, "_kernels", lambda device_type: {"linear_cross_entropy": fake_fused_ce})
+    torch.manual_seed(0)
+    config = ModelConfig(vocab_size=97, hidden_size=32, num_hidden_layers=2, num_heads=2, head_dim=16,
+                         intermediate_size=64, layout="GA", attention=AttentionConfig(num_heads=2))
+    model = HybridLM(config).double()
+    ids = torch.randint(0, 97, (2, 40))
+    labels = torch.roll(ids, -1, 1)
+    labels[:, -1] = -100
+    with torch.no_grad():
+        expected = model(ids, labels=labels, return_logits=False).loss
+    assert calls == []  # no grad: chunked loss
+    loss = model(ids, labels=labels, return_logits=False).loss
+    assert calls == [(80, 32)] and abs(loss.item() - expected.item()) < 1e-12
+    loss.backward()
+    model.config.kernels = "torch"
+    model(ids, labels=labels, return_logits=False)
+    assert len(calls) == 1

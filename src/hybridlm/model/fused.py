@@ -1,6 +1,7 @@
 """FLA's fused Triton kernels for the small ops around the mixers (CUDA only, optional).
 
-RMSNorm, the gated output norm, the causal short convolution and SwiGLU are cheap in FLOPs but,
+RMSNorm, the gated output norm, the causal short convolution, SwiGLU and the LM head + loss are cheap
+in FLOPs but,
 written in plain PyTorch under bf16 autocast, each saves several full-size (often float32)
 intermediates for backward. FLA's fused kernels save only their inputs and compute in float32
 inside the kernel, which is both what FLA's own models do (same numerics) and tens of GB less
@@ -27,12 +28,13 @@ def _kernels(device_type: str):
     try:
         from fla.modules.activations import swiglu
         from fla.modules.causal_conv1d import causal_conv1d
+        from fla.modules.fused_linear_cross_entropy import fused_linear_cross_entropy_loss
         from fla.modules.norm.fused_norm_gate import rms_norm_gated
         from fla.modules.norm.layernorm import rms_norm
     except Exception:  # noqa: BLE001 - any import problem means: use the PyTorch path
         return None
     return {"rms_norm": rms_norm, "rms_norm_gated": rms_norm_gated, "causal_conv1d": causal_conv1d,
-            "swiglu": swiglu}
+            "swiglu": swiglu, "linear_cross_entropy": fused_linear_cross_entropy_loss}
 
 
 def available(x: torch.Tensor) -> bool:
@@ -61,3 +63,17 @@ def short_conv_silu(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor | Non
 def swiglu(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor | None:
     k = _kernels(gate.device.type)
     return None if k is None else k["swiglu"](gate, up)
+
+
+def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor) -> torch.Tensor | None:
+    """Training loss of `hidden @ weight.T` (mean over targets != -100) with FLA's fused linear CE.
+
+    It computes the gradients chunk by chunk during the forward (one pass over bf16 logits, no
+    recomputation), so it is only worth it when a backward follows: None without grad mode."""
+    k = _kernels(hidden.device.type)
+    if k is None or not torch.is_grad_enabled():
+        return None
+    hidden2d = hidden.reshape(-1, hidden.shape[-1])
+    if torch.is_autocast_enabled(hidden2d.device.type):  # custom kernels run outside autocast
+        hidden2d = hidden2d.to(torch.get_autocast_dtype(hidden2d.device.type))
+    return k["linear_cross_entropy"](hidden2d, targets.reshape(-1), weight.to(hidden2d.dtype))

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from hybridlm.config.model_config import ModelConfig
+from hybridlm.model import fused
 from hybridlm.model.block import Block
 from hybridlm.model.cache import ModelCache
 from hybridlm.model.gated_deltanet import GatedDeltaNet
@@ -77,7 +78,9 @@ class HybridLM(nn.Module):
             cache.seen_tokens += input_ids.shape[1]
         loss = logits = None
         if labels is not None:
-            loss = linear_cross_entropy(hidden, self.lm_head.weight, labels)
+            fused_loss = fused.linear_cross_entropy(hidden, self.lm_head.weight, labels) \
+                if self.config.kernels != "torch" else None
+            loss = fused_loss if fused_loss is not None else linear_cross_entropy(hidden, self.lm_head.weight, labels)
         if return_logits:
             logits = self.lm_head(hidden)
         return LMOutput(loss=loss, logits=logits, cache=cache)

@@ -20,6 +20,11 @@ class RMSNorm(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.use_fused and x.is_cuda:
+            if torch.is_autocast_enabled("cuda"):
+                # The norm's output feeds up to six projections, and autocast would cast an fp32 output
+                # to bf16 once per projection; casting the input once gives the same bf16 result
+                # (the kernel normalises in fp32) and keeps the fp32 residual stream untouched.
+                x = x.to(torch.get_autocast_dtype("cuda"))
             y = fused.rms_norm(x, self.weight, self.eps)
             if y is not None:
                 return y

@@ -39,6 +39,11 @@ def resolve_precision(requested: str, device: torch.device) -> Precision:
     name = requested
     if requested == "auto":
         name = "bf16" if device.type == "cuda" else "fp32"
+    if device.type == "cuda" and name != "fp32":
+        # the float32 matmuls left in a bf16 run (e.g. the fused loss's fp32 weight-gradient
+        # accumulation, whose operands are bf16 values) run on tensor cores; fp32 runs stay exact
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
     if name == "bf16-pure":
         return Precision(device, name, torch.bfloat16)
     return Precision(device, name, torch.float32)

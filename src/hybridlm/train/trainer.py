@@ -88,6 +88,7 @@ class Trainer:
         self.peak_flops = peak_flops(self.device)
         self.progress = Progress(total=t.max_steps, enabled=progress, is_main=self.proc.is_main)
         self.stopped_early: str | None = None
+        self.interval_rates: list[float] = []  # tokens/s of each log interval of this process
         self._writers: list = []
 
     # ----------------------------------------------------------------- resume
@@ -135,6 +136,7 @@ class Trainer:
                     elapsed = time.perf_counter() - interval_start
                     self.state.train_time_s += elapsed
                     tps = interval_tokens / max(elapsed, 1e-9)
+                    self.interval_rates.append(tps)
                     record = {"event": "train", "step": step, "loss": mean_loss, "lr": lr,
                               "grad_norm": float(grad_norm), "tokens": self.state.tokens,
                               "tokens_per_s": tps, "time_s": self.state.train_time_s}
@@ -259,6 +261,9 @@ class Trainer:
         s = self.state
         last = s.last_eval or {}
         tps = s.tokens / s.train_time_s if s.train_time_s > 0 else None
+        # the first log interval holds compilation / autotuning (minutes with FLA on a cold cache)
+        later = sorted(self.interval_rates[1:])
+        steady = later[len(later) // 2] if later else tps
         return {
             "params": counts,
             "results": {
@@ -271,6 +276,7 @@ class Trainer:
                 "train_time_s": s.train_time_s,
                 "tokens_processed": s.tokens,
                 "tokens_per_s": tps,
+                "tokens_per_s_steady": steady,
                 "mfu": tps * self.flops_per_token / self.peak_flops if (tps and self.peak_flops) else None,
                 "flops_per_token": self.flops_per_token,
                 "stopped_early": self.stopped_early,
