@@ -134,7 +134,7 @@ def test_fla_fused_loss_is_used_only_for_training_with_fla_kernels(monkeypatch):
 
     calls = []
 
-    def fake_fused_ce(hidden2d, targets1d, weight):
+    def fake_fused_ce(hidden2d, targets1d, weight, accumulate_grad_in_fp32):
         calls.append(hidden2d.shape)
         return F.cross_entropy(hidden2d @ weight.t(), targets1d, ignore_index=-100)
 

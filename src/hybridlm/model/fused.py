@@ -76,4 +76,9 @@ def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: to
     hidden2d = hidden.reshape(-1, hidden.shape[-1])
     if torch.is_autocast_enabled(hidden2d.device.type):  # custom kernels run outside autocast
         hidden2d = hidden2d.to(torch.get_autocast_dtype(hidden2d.device.type))
-    return k["linear_cross_entropy"](hidden2d, targets.reshape(-1), weight.to(hidden2d.dtype))
+    # accumulate_grad_in_fp32=False: the LM-head gradient is summed over FLA's 8 token chunks in bf16
+    # (each chunk's product is accumulated in fp32 inside the GEMM, then rounded), the same order of
+    # rounding every other weight gradient gets under autocast; the fp32 option runs those GEMMs in
+    # fp32 and cost 7 % of a step at 48 x 1024 on an H100 (docs/gpu-verification.md)
+    return k["linear_cross_entropy"](hidden2d, targets.reshape(-1), weight.to(hidden2d.dtype),
+                                     accumulate_grad_in_fp32=hidden2d.dtype == torch.float32)
