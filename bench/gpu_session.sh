@@ -9,10 +9,11 @@ bench_s=${1:-150}; train_s=${2:-170}; eval_s=${3:-60}; verify_s=${4:-100}; steps
 out=${OUT:-/tmp/out}; mkdir -p "$out"
 source bench/gpu_env.sh
 [ -f .tcache/triton-cache.tar.xz ] && tar -xJf .tcache/triton-cache.tar.xz -C /tmp
-nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv > "$out/gpu.txt"
 # 1. seed baseline vs our bare training step, same process, plus profiles
 timeout "$bench_s" python3 bench/bench_gpu_train.py --out "$out/train" --skip-train --presets h100_deltanet \
   --baseline-steps 20 > "$out/bench.txt" 2>&1; echo "bench rc=$?" >> "$out/bench.txt"
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv >> "$out/bench.txt"
+rm -f "$out/train/summary.json"  # printed in bench.txt; $OUT brings back at most 8 files
 # 2. the trainer, CLI as a user runs it
 run=/tmp/gpu-runs/h100_hybrid_sparse
 timeout "$train_s" python3 -m hybridlm.cli train --preset h100_hybrid_sparse --out "$run" --no-progress \
