@@ -124,3 +124,20 @@ def test_scores_are_finite_sums_of_negative_logprobs():
     tok, model = CharTokenizer(), TableLM()
     (ll, _), = score_requests(model, [encode_pair(tok, "cab", " c")])
     assert math.isfinite(ll) and ll < 0
+
+
+def test_bf16_backbone_scores_close_to_fp32_with_float32_head():
+    """precision=bf16 (the CUDA default) runs the backbone under autocast; the head and log-softmax stay
+    float32, so per-answer log-likelihoods move by bf16 rounding only. A bad value is a one-line error."""
+    tok = gpt2()
+    model = tiny_hybrid(tok.vocab_size, seed=2)
+    texts = [("Question: Which is a mammal?\nAnswer:", f" {x}") for x in ("whale", "shark", "trout")]
+    requests = [encode_pair(tok, c, x) for c, x in texts]
+    exact = score_requests(model, requests, precision="fp32")
+    assert exact == score_requests(model, requests)  # auto on CPU is float32
+    bf16 = score_requests(model, requests, precision="bf16")
+    for (a, _), (b, _) in zip(exact, bf16):
+        assert b == pytest.approx(a, rel=2e-2) and b != a
+    assert next(model.parameters()).dtype == torch.float32  # autocast never touches the weights
+    with pytest.raises(HybridLMError, match="precision must be one of auto, fp32, bf16"):
+        score_requests(model, requests, precision="fp16")

@@ -134,9 +134,10 @@ def test_fla_fused_loss_is_used_only_for_training_with_fla_kernels(monkeypatch):
 
     calls = []
 
-    def fake_fused_ce(hidden2d, targets1d, weight, accumulate_grad_in_fp32):
+    def fake_fused_ce(hidden2d, targets1d, weight, bias, accumulate_grad_in_fp32):
         calls.append(hidden2d.shape)
-        return F.cross_entropy(hidden2d @ weight.t(), targets1d, ignore_index=-100)
+        assert weight.shape[0] % fused.VOCAB_ALIGNMENT == 0 and bias.shape == weight.shape[:1]
+        return F.cross_entropy(hidden2d @ weight.t() + bias, targets1d, ignore_index=-100)
 
     monkeypatch.setattr(fused, "_kernels", lambda device_type: {"linear_cross_entropy": fake_fused_ce})
     torch.manual_seed(0)
@@ -152,6 +153,12 @@ def test_fla_fused_loss_is_used_only_for_training_with_fla_kernels(monkeypatch):
     loss = model(ids, labels=labels, return_logits=False).loss
     assert calls == [(80, 32)] and abs(loss.item() - expected.item()) < 1e-12
     loss.backward()
+    fused_grad = model.lm_head.weight.grad.clone()
+    model.zero_grad()
+    monkeypatch.setattr(fused, "_kernels", lambda device_type: None)
+    model(ids, labels=labels, return_logits=False).loss.backward()  # our chunked loss
+    assert (fused_grad - model.lm_head.weight.grad).abs().max().item() < 1e-12  # padding rows drop out
+    monkeypatch.setattr(fused, "_kernels", lambda device_type: {"linear_cross_entropy": fake_fused_ce})
     model.config.kernels = "torch"
     model(ids, labels=labels, return_logits=False)
     assert len(calls) == 1

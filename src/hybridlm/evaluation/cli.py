@@ -35,6 +35,9 @@ def add_commands(sub) -> None:
                    help="context window in tokens (default: the model's max_position_embeddings, as lm-eval)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     p.add_argument("--no-hub", action="store_true", help="never try the Hugging Face hub")
+    p.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"),
+                   help="backbone precision: auto = bf16 autocast on CUDA, float32 on CPU (the LM head and "
+                        "log-softmax are float32 always)")
     group = p.add_mutually_exclusive_group()
     group.add_argument("--progress", dest="progress", action="store_true", default=None)
     group.add_argument("--no-progress", dest="progress", action="store_false")
@@ -69,7 +72,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         results = evaluate(model, tokenizer, args.tasks, limit=args.limit, batch_size=args.batch_size,
                            data_dir=args.data_dir, num_fewshot=args.num_fewshot, run_dir=run.path,
                            max_length=args.max_length, checkpoint=checkpoint, use_hub=not args.no_hub,
-                           progress=progress, save=False)
+                           progress=progress, save=False, precision=args.precision)
     where = checkpoint_identity(run, checkpoint)
     for entry in results["tasks"].values():
         entry["settings"].update(where)

@@ -34,13 +34,13 @@ class HybridLMEvalModel(LM):
 
     model_args: run=DIR, checkpoint=best|final|latest|step_N|PATH, device=auto|cpu|cuda,
     batch_size=N, max_length=N (default the model's max_position_embeddings, as HFLM),
-    max_gen_toks=N.
+    max_gen_toks=N, precision=auto|fp32|bf16 (auto: bf16 autocast on CUDA, float32 on CPU).
     """
 
     def __init__(self, run: str | None = None, checkpoint: str = "best", device: str = "auto",
                  batch_size: int | str = DEFAULT_BATCH_SIZE, max_length: int | None = None,
                  max_gen_toks: int = DEFAULT_MAX_GEN_TOKS, model: Any = None, tokenizer: Any = None,
-                 **ignored: Any) -> None:
+                 precision: str = "auto", **ignored: Any) -> None:
         super().__init__()
         if ignored:
             _log.info("hybridlm: ignoring model arguments %s", sorted(ignored))
@@ -60,6 +60,7 @@ class HybridLMEvalModel(LM):
         self._max_length = int(max_length or model_window(model))
         self.batch_size = _parse_batch_size(batch_size)
         self.max_gen_toks = int(max_gen_toks)
+        self.precision = str(precision)
         self._device = model_device(model)
 
     @classmethod
@@ -92,7 +93,7 @@ class HybridLMEvalModel(LM):
         pairs = [encode_pair(self.tokenizer, context, continuation) for context, continuation in
                  (req.args[:2] for req in requests)]
         results = score_requests(self.model, pairs, batch_size=self.batch_size, max_length=self.max_length,
-                                 progress=not disable_tqdm)
+                                 progress=not disable_tqdm, precision=self.precision)
         for req, result in zip(requests, results):
             self.cache_hook.add_partial("loglikelihood", req.args, result)
         return results
@@ -109,7 +110,7 @@ class HybridLMEvalModel(LM):
                 windows.append(make_disjoint_window(window))
                 owners.append(index)
         scores = score_requests(self.model, windows, batch_size=self.batch_size, max_length=self.max_length,
-                                progress=not disable_tqdm)
+                                progress=not disable_tqdm, precision=self.precision)
         totals = [0.0] * len(requests)
         for owner, (ll, _) in zip(owners, scores):
             totals[owner] += ll

@@ -18,20 +18,22 @@ from torch import nn
 from hybridlm.errors import HybridLMError
 from hybridlm.evaluation import metrics
 from hybridlm.evaluation.encoding import Tokenizer, encode_pair
-from hybridlm.evaluation.scoring import model_device, model_window, score_requests
+from hybridlm.evaluation.scoring import inference_precision, model_device, model_window, score_requests
 from hybridlm.evaluation.tasks import LAST_WORD, MULTIPLE_CHOICE, VALIDATION_PERPLEXITY, Example, TaskSpec, parse_tasks
 
 
 def evaluate(model: nn.Module, tokenizer: Tokenizer, tasks: str | Sequence[str], limit: int | None = None,
              batch_size: int = 16, data_dir: str | Path | None = None, num_fewshot: int = 0,
              run_dir: str | Path | None = None, max_length: int | None = None, checkpoint: str | None = None,
-             use_hub: bool = True, keep_samples: bool = False, progress: bool = False, save: bool = True) -> dict:
+             use_hub: bool = True, keep_samples: bool = False, progress: bool = False, save: bool = True,
+             precision: str = "auto") -> dict:
     """Metrics of `model` on `tasks` ('arc_challenge,hellaswag' or a list).
 
     `limit`: score only the first N documents (N windows for val_ppl). `max_length`: the context
     window in tokens, default the model's `max_position_embeddings` -- what lm-eval's HFLM uses for
     the exported checkpoint, so `hybridlm eval` and `lm_eval --model hf` agree. With `run_dir` and
-    `save`, the results are merged into DIR/eval.json.
+    `save`, the results are merged into DIR/eval.json. `precision`: auto (bf16 autocast on CUDA, float32
+    on CPU) | fp32 | bf16, for the backbone; the LM head and log-softmax are always float32.
     """
     from hybridlm import __version__
 
@@ -42,9 +44,10 @@ def evaluate(model: nn.Module, tokenizer: Tokenizer, tasks: str | Sequence[str],
         raise HybridLMError(f"--num-fewshot must be >= 0, got {num_fewshot}")
     if batch_size < 1:
         raise HybridLMError(f"--batch-size must be positive, got {batch_size}")
+    inference_precision(model_device(model), precision)  # reject a bad value before any work
     window = max_length or model_window(model)
     common = {"checkpoint": checkpoint, "limit": limit, "num_fewshot": num_fewshot, "batch_size": batch_size,
-              "max_length": window, "device": str(model_device(model)),
+              "max_length": window, "device": str(model_device(model)), "precision": precision,
               "data_dir": str(data_dir) if data_dir is not None else None, "hybridlm_version": __version__}
     results: dict = {"hybridlm_version": __version__, "date": _now(), "settings": common, "tasks": {}}
     for spec in specs:
@@ -54,11 +57,12 @@ def evaluate(model: nn.Module, tokenizer: Tokenizer, tasks: str | Sequence[str],
                 raise HybridLMError("val_ppl needs the run directory (run_dir / --run) to rebuild its validation split")
             from hybridlm.evaluation.val_ppl import validation_perplexity
 
-            entry = validation_perplexity(model, run_dir, batch_size=batch_size, limit=limit, progress=progress)
+            entry = validation_perplexity(model, run_dir, batch_size=batch_size, limit=limit, progress=progress,
+                                          precision=precision)
             entry["settings"] = {**common, "num_fewshot": 0, "date": _now()}
         else:
             entry = _score_task(model, tokenizer, spec, limit, batch_size, data_dir, num_fewshot, window,
-                                use_hub, keep_samples, progress)
+                                use_hub, keep_samples, progress, precision)
             entry["settings"] = {**common, "fewshot_split": entry.pop("fewshot_split"),
                                  "fewshot_source": entry.pop("fewshot_source"), "date": _now()}
         entry["seconds"] = round(time.perf_counter() - started, 3)
@@ -72,7 +76,7 @@ def evaluate(model: nn.Module, tokenizer: Tokenizer, tasks: str | Sequence[str],
 
 def _score_task(model: nn.Module, tokenizer: Tokenizer, spec: TaskSpec, limit: int | None, batch_size: int,
                 data_dir: str | Path | None, num_fewshot: int, max_length: int, use_hub: bool,
-                keep_samples: bool, progress: bool) -> dict:
+                keep_samples: bool, progress: bool, precision: str) -> dict:
     from hybridlm.evaluation.fewshot import fewshot_pool, fewshot_prefixes
     from hybridlm.evaluation.sources import load_split
 
@@ -88,7 +92,8 @@ def _score_task(model: nn.Module, tokenizer: Tokenizer, spec: TaskSpec, limit: i
                                     exclude_eval_doc=not spec.has_test_split)
     pairs = [(prefix + ex.query, cont) for prefix, ex in zip(prefixes, examples) for cont in ex.continuations]
     requests = [encode_pair(tokenizer, context, continuation) for context, continuation in pairs]
-    scores = score_requests(model, requests, batch_size=batch_size, max_length=max_length, progress=progress)
+    scores = score_requests(model, requests, batch_size=batch_size, max_length=max_length, progress=progress,
+                            precision=precision)
     per_doc, samples = _per_document(spec, examples, scores)
     values, errors = metrics.summarise(per_doc)
     if spec.kind == LAST_WORD:

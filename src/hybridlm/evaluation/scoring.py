@@ -11,6 +11,7 @@ needs a [batch, length, vocab] tensor.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 
 import torch
@@ -21,6 +22,18 @@ from hybridlm.errors import HybridLMError
 
 TokenRequest = tuple[Sequence[int], Sequence[int]]
 HEAD_BUDGET_ELEMENTS = 1 << 25  # logits elements per head chunk (128 MB of float32)
+PRECISIONS = ("auto", "fp32", "bf16")
+
+
+def inference_precision(device: torch.device, precision: str = "auto"):
+    """The autocast context of the backbone: `auto` is bf16 on CUDA (what training ran, and the dtype
+    FLA's kernels are compiled and tuned for in a training run) and float32 elsewhere. The LM head and
+    the log-softmax always run in float32, so the log-likelihoods keep full precision."""
+    if precision not in PRECISIONS:
+        raise HybridLMError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if precision == "bf16" or (precision == "auto" and device.type == "cuda"):
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
 
 
 def model_window(model: nn.Module, fallback: int = 2048) -> int:
@@ -47,8 +60,9 @@ def truncate_for_window(context: Sequence[int], continuation: Sequence[int], max
 
 @torch.no_grad()
 def score_requests(model: nn.Module, requests: Sequence[TokenRequest], batch_size: int = 16,
-                   max_length: int | None = None, progress: bool = False) -> list[tuple[float, bool]]:
-    """(log-likelihood, is_greedy) per request, in the order given."""
+                   max_length: int | None = None, progress: bool = False,
+                   precision: str = "auto") -> list[tuple[float, bool]]:
+    """(log-likelihood, is_greedy) per request, in the order given (`precision`: see inference_precision)."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be positive, got {batch_size}")
     max_length = max_length or model_window(model)
@@ -63,8 +77,9 @@ def score_requests(model: nn.Module, requests: Sequence[TokenRequest], batch_siz
     try:
         for start in range(0, len(order), batch_size):
             chunk = order[start:start + batch_size]
-            for index, score in zip(chunk, _score_batch(model, [inputs[i] for i in chunk],
-                                                        [continuations[i] for i in chunk], device)):
+            with inference_precision(device, precision):
+                scores = _score_batch(model, [inputs[i] for i in chunk], [continuations[i] for i in chunk], device)
+            for index, score in zip(chunk, scores):
                 results[index] = score
             if bar is not None:
                 bar.update(len(chunk))
@@ -115,8 +130,11 @@ def _target_logprobs(model: nn.Module, batch: torch.Tensor, rows: torch.Tensor, 
     greedy = torch.empty(n, dtype=torch.bool, device=hidden.device)
     for start in range(0, n, step):
         part = hidden[start:start + step]
-        logits = F.linear(part, weight.to(part.dtype), bias) if weight is not None else part
-        logp = F.log_softmax(logits.float(), dim=-1)
+        with torch.autocast(part.device.type, enabled=False):  # the head in float32 (float64 in tests)
+            part = part.to(torch.promote_types(part.dtype, torch.float32))
+            logits = F.linear(part, weight.to(part.dtype), None if bias is None else bias.to(part.dtype)) \
+                if weight is not None else part
+            logp = F.log_softmax(logits, dim=-1)
         wanted = targets[start:start + step]
         logprobs[start:start + step] = logp.gather(1, wanted[:, None])[:, 0]
         greedy[start:start + step] = logp.argmax(dim=-1) == wanted

@@ -19,9 +19,9 @@ from hybridlm.errors import HybridLMError
 
 @torch.no_grad()
 def validation_perplexity(model: nn.Module, run_dir: str | Path, batch_size: int = 16, limit: int | None = None,
-                          progress: bool = False) -> dict:
+                          progress: bool = False, precision: str = "auto") -> dict:
     from hybridlm.data import prepare_data, validation_batches
-    from hybridlm.evaluation.scoring import model_device
+    from hybridlm.evaluation.scoring import inference_precision, model_device
     from hybridlm.ops.cross_entropy import linear_cross_entropy_stats
     from hybridlm.runs import RunDir, load_run_config
 
@@ -40,7 +40,9 @@ def validation_perplexity(model: nn.Module, run_dir: str | Path, batch_size: int
     try:
         for start in range(0, windows, batch_size):
             batch = all_windows[start:start + batch_size].to(device)
-            hidden = model.model(batch[:, :-1])
+            with inference_precision(device, precision):
+                hidden = model.model(batch[:, :-1])
+            hidden = hidden.to(torch.promote_types(hidden.dtype, torch.float32))  # head + softmax in float32
             batch_loss, batch_hits, batch_count = linear_cross_entropy_stats(hidden, model.lm_head.weight, batch[:, 1:])
             loss_sum += float(batch_loss)
             hits += int(batch_hits)

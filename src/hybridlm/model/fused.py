@@ -65,6 +65,27 @@ def swiglu(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor | None:
     return None if k is None else k["swiglu"](gate, up)
 
 
+# Vocabulary rows are padded to a multiple of this for the loss GEMMs: with an odd row count (GPT-2's
+# 50,257) the logits' leading dimension is misaligned and cuBLAS falls back to slow sm75-era kernels
+# (seen in the H100 profile of docs/gpu-verification.md), the reason nanoGPT pads to 50,304.
+VOCAB_ALIGNMENT = 128
+# The logit given to padding rows: exp(PAD_LOGIT - max) is exactly 0 in float32, so the loss, the
+# softmax and every gradient equal the unpadded ones.
+PAD_LOGIT = -1.0e4
+
+
+def aligned_head(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(weight padded with zero rows to VOCAB_ALIGNMENT, a bias that sends padding logits to PAD_LOGIT),
+    or (weight, None) when already aligned. Differentiable in `weight` (the padding's gradient is dropped)."""
+    vocab = weight.shape[0]
+    pad = -vocab % VOCAB_ALIGNMENT
+    if pad == 0:
+        return weight, None
+    bias = torch.zeros(vocab + pad, dtype=weight.dtype, device=weight.device)
+    bias[vocab:] = PAD_LOGIT
+    return torch.nn.functional.pad(weight, (0, 0, 0, pad)), bias
+
+
 def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor) -> torch.Tensor | None:
     """Training loss of `hidden @ weight.T` (mean over targets != -100) with FLA's fused linear CE.
 
@@ -76,9 +97,10 @@ def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: to
     hidden2d = hidden.reshape(-1, hidden.shape[-1])
     if torch.is_autocast_enabled(hidden2d.device.type):  # custom kernels run outside autocast
         hidden2d = hidden2d.to(torch.get_autocast_dtype(hidden2d.device.type))
+    head, bias = aligned_head(weight.to(hidden2d.dtype))
     # accumulate_grad_in_fp32=False: the LM-head gradient is summed over FLA's 8 token chunks in bf16
     # (each chunk's product is accumulated in fp32 inside the GEMM, then rounded), the same order of
     # rounding every other weight gradient gets under autocast; the fp32 option runs those GEMMs in
-    # fp32 and cost 7 % of a step at 48 x 1024 on an H100 (docs/gpu-verification.md)
-    return k["linear_cross_entropy"](hidden2d, targets.reshape(-1), weight.to(hidden2d.dtype),
+    # fp32 and cost 2.5 % of a step (472.6 vs 457.2 ms) at 48 x 1024 on an H100 (docs/gpu-verification.md)
+    return k["linear_cross_entropy"](hidden2d, targets.reshape(-1), head, bias,
                                      accumulate_grad_in_fp32=hidden2d.dtype == torch.float32)
