@@ -206,10 +206,6 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = build_parser()
     args = parser.parse_args(argv)
-    # FLA's Triton kernels autotune on first use: minutes for a 12-layer GDN model on a cold cache
-    # (226 s for the first step on an H100, 15 s with the results on disk; docs/gpu-verification.md).
-    # Keeping the results on disk makes every later train / eval / verify / sweep member start fast.
-    os.environ.setdefault("TRITON_CACHE_AUTOTUNING", "1")
     try:
         return args.func(args)
     except HybridLMError as exc:

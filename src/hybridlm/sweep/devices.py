@@ -54,9 +54,6 @@ def parse_devices(text: str | None, gpu_count: int | None = None, cpu_count: int
         else:
             index = int(device.split(":")[1])
             env["CUDA_VISIBLE_DEVICES"] = parent_visible[index] if parent_visible else str(index)
-            # every member is a fresh process: keep Triton's autotuning results on disk so that FLA's
-            # kernels are tuned once per sweep, not once per member (the user's own setting wins)
-            env["TRITON_CACHE_AUTOTUNING"] = os.environ.get("TRITON_CACHE_AUTOTUNING", "1")
         if threads is not None:
             env["OMP_NUM_THREADS"] = str(threads)
             env["MKL_NUM_THREADS"] = str(threads)
