@@ -97,3 +97,15 @@ def test_errors(runs, tmp_path, capsys):
     assert "neither a run directory" in capsys.readouterr().err
     assert main(["compare", str(runs), "--sort", "banana"]) == 2
     assert "cannot sort by 'banana'" in capsys.readouterr().err
+
+
+def test_throughput_column_is_the_steady_rate_when_recorded(tmp_path):
+    """A GPU run's first log interval holds Triton autotuning: rank and plot by the steady rate."""
+    from hybridlm.sweep.summary import run_record
+
+    run = make_run(tmp_path / "gpu", "GA", 1e-3, 3.0, 3.1, tps=50_000.0)
+    results = json.loads((run / "results.json").read_text())
+    assert run_record(run)["tokens_per_s"] == 50_000.0  # older results: the overall rate
+    results["results"]["tokens_per_s_steady"] = 116_000.0
+    (run / "results.json").write_text(json.dumps(results))
+    assert run_record(run)["tokens_per_s"] == 116_000.0

@@ -42,6 +42,10 @@ def test_cli_run_directory_contents(tiny_run):
     assert results["model"]["layer_types"] == ["gdn", "attention"]
     assert results["results"]["steps"] == 60
     assert results["results"]["tokens_processed"] == 60 * 8 * 64
+    # the steady rate is the median of the logged intervals after the first (which holds compilation)
+    metrics = [json.loads(line) for line in (tiny_run / "metrics.jsonl").read_text().splitlines()]
+    rates = sorted([m["tokens_per_s"] for m in metrics if m["event"] == "train"][1:])
+    assert len(rates) >= 2 and results["results"]["tokens_per_s_steady"] == rates[len(rates) // 2]
     assert results["environment"]["kernel_backend"] == "torch"
     assert results["environment"]["fla"]["source"] in ("pip", "none", "local_clone")
     assert run.curves_file.stat().st_size > 10_000

@@ -106,6 +106,8 @@ def print_results(results: dict[str, Any]) -> None:
         ["final val accuracy", r["final_val_accuracy"]],
         ["final val perplexity", r["final_val_perplexity"]],
         ["throughput", f"{r['tokens_per_s']:,.0f} tokens/s" if r["tokens_per_s"] else None],
+        ["steady throughput", f"{r['tokens_per_s_steady']:,.0f} tokens/s (after the first log interval)"
+         if r.get("tokens_per_s_steady") else None],
         ["MFU", f"{100 * r['mfu']:.1f}%" if r.get("mfu") else None],
         ["time", f"{r['total_time_s']:.1f} s"],
         ["kernels", results["environment"].get("kernel_backend")],

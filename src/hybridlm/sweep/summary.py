@@ -50,7 +50,8 @@ def run_record(run_dir: Path, name: str | None = None) -> dict[str, Any]:
                       final_val_loss=r.get("final_val_loss"), final_val_accuracy=r.get("final_val_accuracy"),
                       final_val_perplexity=r.get("final_val_perplexity"), steps=r.get("steps"),
                       train_time_s=r.get("train_time_s"), tokens=r.get("tokens_processed"),
-                      tokens_per_s=r.get("tokens_per_s"))
+                      # the steady rate: the first log interval holds compilation and autotuning
+                      tokens_per_s=r.get("tokens_per_s_steady") or r.get("tokens_per_s"))
         if model.get("attention_fraction") is not None:
             record["attention_pct"] = 100.0 * model["attention_fraction"]
     else:
