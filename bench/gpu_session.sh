@@ -1,34 +1,61 @@
 #!/usr/bin/env bash
-# One device call that gathers GPU evidence for docs/gpu-verification.md and docs/benchmarks.md, in
-# priority order, each step under its own time limit so one slow step cannot eat the rest. Logs go to $OUT.
-# Run from the repo root on the device machine with .device (FLA site), .whl (tomli_w), .evaldata (the
-# full ARC-Challenge test file) and optionally .tcache (a Triton cache from an earlier call) carried:
-#   bash bench/gpu_session.sh [BENCH_S] [TRAIN_S] [EVAL_S] [VERIFY_S] [STEPS]
+# One device call that gathers GPU evidence for docs/gpu-verification.md, docs/benchmarks.md and
+# docs/sweeps.md. Each step runs under its own time limit so one slow step cannot eat the rest; logs go
+# to $OUT (at most 8 files come back). Run from the repo root on the device machine with .device (FLA
+# site), .whl (tomli_w), .evaldata (full ARC-Challenge test file) and .tcache (a Triton cache from an
+# earlier call, optional) carried:
+#   bash bench/gpu_session.sh train  [STEPS]   # baseline vs our step + profiles, both presets trained, ARC speed
+#   bash bench/gpu_session.sh verify           # `hybridlm verify`, one section per process, streamed
+#   bash bench/gpu_session.sh sweep  [STEPS]   # the 13-layout arch sweep on every visible GPU
 set -u
-bench_s=${1:-150}; train_s=${2:-170}; eval_s=${3:-60}; verify_s=${4:-100}; steps=${5:-200}
+mode=${1:?usage: gpu_session.sh train|verify|sweep [STEPS]}; steps=${2:-}
 out=${OUT:-/tmp/out}; mkdir -p "$out"
 source bench/gpu_env.sh
 [ -f .tcache/triton-cache.tar.xz ] && tar -xJf .tcache/triton-cache.tar.xz -C /tmp
-# 1. seed baseline vs our bare training step, same process, plus profiles
-timeout "$bench_s" python3 bench/bench_gpu_train.py --out "$out/train" --skip-train --presets h100_deltanet \
-  --baseline-steps 20 > "$out/bench.txt" 2>&1; echo "bench rc=$?" >> "$out/bench.txt"
-nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv >> "$out/bench.txt"
-rm -f "$out/train/summary.json"  # printed in bench.txt; $OUT brings back at most 8 files
-# 2. the trainer, CLI as a user runs it
-run=/tmp/gpu-runs/h100_hybrid_sparse
-timeout "$train_s" python3 -m hybridlm.cli train --preset h100_hybrid_sparse --out "$run" --no-progress \
-  --set train.max_steps="$steps" --set train.eval_interval=50 --set train.eval_batches=5 \
-  --set train.log_interval=10 --set train.save_interval=100000 > "$out/train_hybrid_sparse.txt" 2>&1
-echo "train rc=$?" >> "$out/train_hybrid_sparse.txt"
-cp "$run/metrics.jsonl" "$out/hybrid_sparse_metrics.jsonl" 2>/dev/null
-cp "$run/results.json" "$out/hybrid_sparse_results.json" 2>/dev/null
-# 3. ARC-Challenge scoring speed on that run, full test set
-timeout "$eval_s" python3 bench/bench_eval.py --run "$run" --checkpoint final --device cuda --batch-size 64 \
-  --data-dir .evaldata --repeats 3 > "$out/eval_bench.txt" 2>&1; echo "eval rc=$?" >> "$out/eval_bench.txt"
-# 4. verification against FLA's model and of decoding
-timeout "$verify_s" python3 -m hybridlm.cli verify --sections fla_model,decode,model 2>&1 | grep -v TileLang \
-  > "$out/verify.txt"; echo "verify rc=${PIPESTATUS[0]}" >> "$out/verify.txt"
-grep "seed baseline:\|hybridlm step\|rc=" "$out/bench.txt"
-grep -v "^  \|Warning\|warn" "$out/train_hybrid_sparse.txt" | tail -8
-tail -4 "$out/eval_bench.txt"
-tail -16 "$out/verify.txt"
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader > /tmp/gpu.txt
+started=$SECONDS
+save_cache() { tar -cJf "$out/triton-cache.tar.xz" -C /tmp triton-cache 2>/dev/null; }
+
+case "$mode" in
+train)
+  steps=${steps:-200}
+  timeout 200 python3 bench/bench_gpu_train.py --out "$out" --skip-train --presets h100_deltanet \
+    --baseline-steps 20 > "$out/bench.txt" 2>&1; echo "bench rc=$? after $((SECONDS - started)) s" >> "$out/bench.txt"
+  cat /tmp/gpu.txt >> "$out/bench.txt"; rm -f "$out/summary.json"
+  for preset in h100_hybrid_sparse h100_deltanet; do
+    timeout 170 python3 -m hybridlm.cli train --preset "$preset" --out "/tmp/gpu-runs/$preset" --no-progress \
+      --set train.max_steps="$steps" --set train.eval_interval=50 --set train.eval_batches=5 \
+      --set train.log_interval=10 --set train.save_interval=100000 > "$out/train_$preset.txt" 2>&1
+    echo "train rc=$? after $((SECONDS - started)) s" >> "$out/train_$preset.txt"
+  done
+  tar --exclude checkpoints -cJf "$out/runs.tar.xz" -C /tmp gpu-runs 2>/dev/null
+  timeout 90 python3 bench/bench_eval.py --run /tmp/gpu-runs/h100_hybrid_sparse --checkpoint final --device cuda \
+    --batch-size 64 --data-dir .evaldata --repeats 3 > "$out/eval_bench.txt" 2>&1
+  echo "eval rc=$? after $((SECONDS - started)) s" >> "$out/eval_bench.txt"
+  save_cache
+  grep "seed baseline:\|hybridlm step\|rc=" "$out/bench.txt"
+  for preset in h100_hybrid_sparse h100_deltanet; do grep "val loss\|throughput\|rc=" "$out/train_$preset.txt" | tail -4; done
+  tail -4 "$out/eval_bench.txt"
+  ;;
+verify)
+  for section in fla_model decode model op; do
+    echo "== $section" >> "$out/verify.txt"
+    timeout 150 python3 -m hybridlm.cli verify --sections "$section" 2>&1 | grep --line-buffered -v TileLang \
+      >> "$out/verify.txt"; echo "$section rc=${PIPESTATUS[0]} after $((SECONDS - started)) s" >> "$out/verify.txt"
+  done
+  cat /tmp/gpu.txt >> "$out/verify.txt"
+  save_cache
+  grep "ok \|FAIL\|rc=" "$out/verify.txt"
+  ;;
+sweep)
+  steps=${steps:-100}
+  timeout 540 python3 -m hybridlm.cli sweep arch --layouts exp7 --steps "$steps" --out /tmp/arch --devices auto \
+    --no-progress --set train.eval_interval=50 --set train.eval_batches=5 --set train.save_interval=100000 \
+    > "$out/sweep.txt" 2>&1; echo "sweep rc=$? after $((SECONDS - started)) s" >> "$out/sweep.txt"
+  cat /tmp/gpu.txt >> "$out/sweep.txt"
+  cp /tmp/arch/summary.json /tmp/arch/summary.md /tmp/arch/*.png "$out/" 2>/dev/null
+  tar --exclude checkpoints -cJf "$out/members.tar.xz" -C /tmp arch 2>/dev/null
+  tail -25 "$out/sweep.txt"
+  ;;
+*) echo "unknown mode $mode" >&2; exit 2 ;;
+esac

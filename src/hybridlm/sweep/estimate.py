@@ -2,7 +2,7 @@
 
 Throughput is modelled as an effective FLOP rate (training FLOPs per token x tokens per second),
 which transfers between model sizes far better than tokens/s does. Before anything has finished the
-rate is a guess (a third of an H100's bf16 peak on a GPU, a few GFLOP/s on a CPU); afterwards it
+rate is a guess from measured training runs (below); afterwards it
 is the median rate of the finished members, wall time including process start and evaluation.
 """
 
@@ -13,7 +13,10 @@ from dataclasses import dataclass
 
 from hybridlm.config import Config
 
-GUESS_FLOPS = {"cuda": 3.0e14, "cpu": 2.0e9}
+# Measured model-FLOP rates of `hybridlm train` (docs/benchmarks.md): ~2e14 on an H100 (h100_deltanet
+# 107.5K and h100_hybrid_sparse 116K tokens/s at 1.8 / 1.7 GFLOP per token), 2.5e10-6e10 on 2 CPU cores
+# (tiny 24K tokens/s at 1 MFLOP, cpu_demo 6.3K tokens/s at 9.5 MFLOP per token).
+GUESS_FLOPS = {"cuda": 2.0e14, "cpu": 4.0e10}
 
 
 def flops_per_token(config: Config) -> float:
