@@ -183,3 +183,12 @@ def test_same_loglikelihoods_as_lm_evals_hflm():
         assert a == pytest.approx(b, abs=1e-4) and greedy_a == greedy_b
     rolling = [Instance("loglikelihood_rolling", {}, ("word " * 60,), 0)]
     assert hflm.loglikelihood_rolling(rolling) == pytest.approx(ours.loglikelihood_rolling(rolling), rel=1e-5)
+
+
+def test_bridge_precision_is_resolved_and_checked_at_construction():
+    from hybridlm.errors import HybridLMError
+
+    assert HybridLMEvalModel(model=TableLM(), tokenizer=CharTokenizer()).precision == "fp32"  # auto on CPU
+    assert HybridLMEvalModel(model=TableLM(), tokenizer=CharTokenizer(), precision="bf16").precision == "bf16"
+    with pytest.raises(HybridLMError, match="precision must be one of"):
+        HybridLMEvalModel(model=TableLM(), tokenizer=CharTokenizer(), precision="fp16")

@@ -129,7 +129,8 @@ def test_fla_initialisation_ranges():
 
 def test_fla_fused_loss_is_used_only_for_training_with_fla_kernels(monkeypatch):
     """On CUDA the training loss goes through FLA's fused linear CE (grad mode only); evaluation and
-    kernels='torch' keep our chunked loss. FLA's kernel is replaced by plain CE (its contract)."""
+    kernels='torch' and float64 keep our chunked loss. FLA's kernel is replaced by plain CE (its contract),
+    so the test proves the wiring and the vocabulary padding (97 rows -> 128)."""
     from hybridlm.model import fused
 
     calls = []
@@ -143,7 +144,7 @@ def test_fla_fused_loss_is_used_only_for_training_with_fla_kernels(monkeypatch):
     torch.manual_seed(0)
     config = ModelConfig(vocab_size=97, hidden_size=32, num_hidden_layers=2, num_heads=2, head_dim=16,
                          intermediate_size=64, layout="GA", attention=AttentionConfig(num_heads=2))
-    model = HybridLM(config).double()
+    model = HybridLM(config)
     ids = torch.randint(0, 97, (2, 40))
     labels = torch.roll(ids, -1, 1)
     labels[:, -1] = -100
@@ -151,14 +152,16 @@ def test_fla_fused_loss_is_used_only_for_training_with_fla_kernels(monkeypatch):
         expected = model(ids, labels=labels, return_logits=False).loss
     assert calls == []  # no grad: chunked loss
     loss = model(ids, labels=labels, return_logits=False).loss
-    assert calls == [(80, 32)] and abs(loss.item() - expected.item()) < 1e-12
+    assert calls == [(80, 32)] and abs(loss.item() - expected.item()) < 1e-5
     loss.backward()
     fused_grad = model.lm_head.weight.grad.clone()
     model.zero_grad()
     monkeypatch.setattr(fused, "_kernels", lambda device_type: None)
     model(ids, labels=labels, return_logits=False).loss.backward()  # our chunked loss
-    assert (fused_grad - model.lm_head.weight.grad).abs().max().item() < 1e-12  # padding rows drop out
+    assert (fused_grad - model.lm_head.weight.grad).abs().max().item() < 1e-6  # padding rows drop out
     monkeypatch.setattr(fused, "_kernels", lambda device_type: {"linear_cross_entropy": fake_fused_ce})
+    model.double()(ids, labels=labels, return_logits=False)  # float64: FLA computes in float32 at most
+    model.float()
     model.config.kernels = "torch"
     model(ids, labels=labels, return_logits=False)
     assert len(calls) == 1

@@ -29,3 +29,9 @@ def test_checks_fail_on_nan_and_above_threshold():
 def test_decoding_check_passes_on_cpu_with_torch_kernels():
     (check,) = verify.check_decoding(torch.device("cpu"), kernels="torch")
     assert check.ok and check.error < 1e-4 and "torch kernels" in check.name
+
+
+def test_unknown_section_is_a_one_line_error(capsys):
+    assert verify.run_verify(("fla_model", "speed")) == 2
+    err = capsys.readouterr().err.strip()
+    assert "unknown verify section(s) speed" in err and "loss" in err and "\n" not in err

@@ -182,9 +182,46 @@ def check_decoding(device: torch.device, kernels: str = "fla") -> list[Check]:
                   DECODE_THRESHOLD)]
 
 
-def run_verify(sections: tuple[str, ...] = ("fla_model", "decode", "model", "op")) -> int:
+def check_fused_loss(device: torch.device):
+    """FLA's fused linear cross-entropy as the model calls it (head padded to 128 rows, -100 targets
+    skipped) vs our chunked loss: loss value, hidden-state and head gradients, bf16 and float32, at GPT-2's
+    odd vocabulary (padded) and at an aligned one (no padding)."""
+    from hybridlm.model import fused
+    from hybridlm.ops.cross_entropy import linear_cross_entropy
+
+    for dtype in (torch.bfloat16, torch.float32):
+        for vocab in (50257, 4096):
+            gen = torch.Generator(device=device).manual_seed(vocab)
+            hidden = torch.randn(4096, 768, generator=gen, device=device).to(dtype)
+            weight = (torch.randn(vocab, 768, generator=gen, device=device) * 0.02).to(dtype)
+            targets = torch.randint(0, vocab, (4096,), generator=gen, device=device)
+            targets[::7] = -100
+            results = []
+            for use_fused in (True, False):
+                h, w = hidden.clone().requires_grad_(), weight.clone().requires_grad_()
+                loss = fused.linear_cross_entropy(h, w, targets) if use_fused else linear_cross_entropy(h, w, targets)
+                if loss is None:
+                    raise RuntimeError("FLA's fused linear cross-entropy is not available on this machine")
+                loss.backward()
+                results.append((loss.detach().float(), h.grad.float(), w.grad.float()))
+            threshold = OP_THRESHOLDS[dtype]
+            label = f"fused loss vs chunked loss, {str(dtype)[6:]}, vocab {vocab}"
+            (a_loss, a_dh, a_dw), (b_loss, b_dh, b_dw) = results
+            yield Check(f"{label}: loss", rel_error(a_loss, b_loss), threshold)
+            yield Check(f"{label}: d hidden, d head (worst)", max(rel_error(a_dh, b_dh), rel_error(a_dw, b_dw)),
+                        threshold)
+
+
+def run_verify(sections: tuple[str, ...] = ("fla_model", "decode", "loss", "model", "op")) -> int:
     from hybridlm.reports import format_table
 
+    runners = {"op": check_op, "model": check_model_backends, "fla_model": check_against_fla_model,
+               "decode": check_decoding, "loss": check_fused_loss}
+    unknown = [name for name in sections if name not in runners]
+    if unknown:
+        print(f"error: unknown verify section(s) {', '.join(unknown)}; choose from {', '.join(runners)}",
+              file=sys.stderr)
+        return 2
     if not torch.cuda.is_available():
         print("error: hybridlm verify needs a CUDA GPU with flash-linear-attention installed", file=sys.stderr)
         return 2
@@ -196,8 +233,6 @@ def run_verify(sections: tuple[str, ...] = ("fla_model", "decode", "model", "op"
         return 2
     device = torch.device("cuda")
     torch.backends.cuda.matmul.allow_tf32 = False
-    runners = {"op": check_op, "model": check_model_backends, "fla_model": check_against_fla_model,
-               "decode": check_decoding}
     checks: list[Check] = []
     started = time.perf_counter()
     for section in sections:

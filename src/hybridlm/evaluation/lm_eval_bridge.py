@@ -21,7 +21,8 @@ from lm_eval.api.model import LM
 from lm_eval.api.registry import register_model
 
 from hybridlm.evaluation.encoding import encode_pair
-from hybridlm.evaluation.scoring import model_device, model_window, score_requests
+from hybridlm.evaluation.scoring import (inference_precision, model_device, model_window, resolve_precision,
+                                         score_requests)
 
 _log = logging.getLogger(__name__)
 DEFAULT_BATCH_SIZE = 16
@@ -60,7 +61,7 @@ class HybridLMEvalModel(LM):
         self._max_length = int(max_length or model_window(model))
         self.batch_size = _parse_batch_size(batch_size)
         self.max_gen_toks = int(max_gen_toks)
-        self.precision = str(precision)
+        self.precision = resolve_precision(model_device(model), str(precision))  # fails early on a typo
         self._device = model_device(model)
 
     @classmethod
@@ -145,7 +146,7 @@ class HybridLMEvalModel(LM):
         keep = max(1, self.max_length - max_new)  # HFLM keeps the last max_length - max_gen_toks context tokens
         input_ids = torch.tensor([ids[-keep:]], dtype=torch.long, device=self._device)
         generated: list[int] = []
-        with torch.no_grad():
+        with torch.no_grad(), inference_precision(self._device, self.precision):
             for token in generate_tokens(self.model, input_ids, max_new, temperature=temperature,
                                          eos_token_id=self.eot_token_id):
                 if int(token[0]) == self.eot_token_id:

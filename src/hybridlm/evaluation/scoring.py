@@ -25,13 +25,18 @@ HEAD_BUDGET_ELEMENTS = 1 << 25  # logits elements per head chunk (128 MB of floa
 PRECISIONS = ("auto", "fp32", "bf16")
 
 
-def inference_precision(device: torch.device, precision: str = "auto"):
-    """The autocast context of the backbone: `auto` is bf16 on CUDA (what training ran, and the dtype
-    FLA's kernels are compiled and tuned for in a training run) and float32 elsewhere. The LM head and
-    the log-softmax always run in float32, so the log-likelihoods keep full precision."""
+def resolve_precision(device: torch.device, precision: str = "auto") -> str:
+    """'bf16' or 'fp32' for the backbone: `auto` is bf16 on CUDA (what training ran, and the dtype FLA's
+    kernels are compiled and tuned for in a training run) and float32 elsewhere."""
     if precision not in PRECISIONS:
         raise HybridLMError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
-    if precision == "bf16" or (precision == "auto" and device.type == "cuda"):
+    return "bf16" if precision == "bf16" or (precision == "auto" and device.type == "cuda") else "fp32"
+
+
+def inference_precision(device: torch.device, precision: str = "auto"):
+    """The backbone's autocast context. For hybridlm models the LM head and the log-softmax always run
+    in float32 (`_target_logprobs`), so the log-likelihoods keep full precision."""
+    if resolve_precision(device, precision) == "bf16":
         return torch.autocast(device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
 

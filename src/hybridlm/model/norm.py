@@ -22,8 +22,9 @@ class RMSNorm(nn.Module):
         if self.use_fused and x.is_cuda:
             if torch.is_autocast_enabled("cuda"):
                 # The norm's output feeds up to six projections, and autocast would cast an fp32 output
-                # to bf16 once per projection; casting the input once gives the same bf16 result
-                # (the kernel normalises in fp32) and keeps the fp32 residual stream untouched.
+                # to bf16 once per projection. Casting the input once instead (the kernel still
+                # normalises in fp32) rounds the input to bf16 first, as FLA's bf16 models do; the fp32
+                # residual stream itself is untouched.
                 x = x.to(torch.get_autocast_dtype("cuda"))
             y = fused.rms_norm(x, self.weight, self.eps)
             if y is not None:

@@ -40,8 +40,8 @@ def resolve_precision(requested: str, device: torch.device) -> Precision:
     if requested == "auto":
         name = "bf16" if device.type == "cuda" else "fp32"
     if device.type == "cuda" and name != "fp32":
-        # the float32 matmuls left in a bf16 run (e.g. the fused loss's fp32 weight-gradient
-        # accumulation, whose operands are bf16 values) run on tensor cores; fp32 runs stay exact
+        # float32 matmuls outside autocast in a bf16 run use TF32 tensor cores, as nanoGPT does (the
+        # H100 numbers in docs/gpu-verification.md were measured so); fp32 runs stay exact
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
     if name == "bf16-pure":
