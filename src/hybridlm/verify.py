@@ -54,11 +54,13 @@ def _op_inputs(b, t, h, d, dtype, with_state, device, seed):
     return [x.requires_grad_() for x in tensors]
 
 
-def check_op(device: torch.device):
+def check_op(device: torch.device, dtypes: tuple[torch.dtype, ...] = (torch.bfloat16, torch.float32)):
+    """FLA vs the PyTorch chunked op: output, final state and every gradient. Each (dtype, head dim)
+    pair is a new set of FLA kernel variants to autotune, so `op_bf16` / `op_fp32` split the matrix."""
     from hybridlm.ops import gated_delta_rule
 
     names = ["q", "k", "v", "g", "beta", "h0"]
-    for dtype in (torch.bfloat16, torch.float32):
+    for dtype in dtypes:
         for d in (64, 256):
             for t in (64, 1000, 4096):
                 for with_state in (False, True):
@@ -216,7 +218,9 @@ def run_verify(sections: tuple[str, ...] = ("fla_model", "decode", "loss", "mode
     from hybridlm.reports import format_table
 
     runners = {"op": check_op, "model": check_model_backends, "fla_model": check_against_fla_model,
-               "decode": check_decoding, "loss": check_fused_loss}
+               "decode": check_decoding, "loss": check_fused_loss,
+               "op_bf16": lambda device: check_op(device, (torch.bfloat16,)),
+               "op_fp32": lambda device: check_op(device, (torch.float32,))}
     unknown = [name for name in sections if name not in runners]
     if unknown:
         print(f"error: unknown verify section(s) {', '.join(unknown)}; choose from {', '.join(runners)}",
