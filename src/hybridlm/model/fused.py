@@ -1,9 +1,8 @@
 """FLA's fused Triton kernels for the small ops around the mixers (CUDA only, optional).
 
 RMSNorm, the gated output norm, the causal short convolution, SwiGLU and the LM head + loss are cheap
-in FLOPs but,
-written in plain PyTorch under bf16 autocast, each saves several full-size (often float32)
-intermediates for backward. FLA's fused kernels save only their inputs and compute in float32
+in FLOPs but, written in plain PyTorch under bf16 autocast, each saves or moves several full-size
+(often float32) intermediates. FLA's fused kernels save only their inputs and compute in float32
 inside the kernel, which is both what FLA's own models do (same numerics) and tens of GB less
 activation memory at 48 x 1024 tokens. Every function here returns None when the kernels cannot
 be used (CPU tensors, FLA missing or refused), and the caller falls back to its PyTorch code.
@@ -106,10 +105,9 @@ def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: to
     if hidden2d.dtype not in (torch.bfloat16, torch.float16, torch.float32):
         return None  # FLA's kernels compute in float32 at most: float64 keeps the exact PyTorch loss
     head, bias = aligned_head(weight.to(hidden2d.dtype))
-    # accumulate_grad_in_fp32=False: the LM-head gradient is summed over FLA's token chunks (6 of 8,192 rows at
-    # 48 x 1024) in bf16
-    # (each chunk's product is accumulated in fp32 inside the GEMM, then rounded), the same order of
-    # rounding every other weight gradient gets under autocast; the fp32 option runs those GEMMs in
-    # fp32 and cost 2.5 % of a step (472.6 vs 457.2 ms) at 48 x 1024 on an H100 (docs/gpu-verification.md)
+    # accumulate_grad_in_fp32=False: the LM-head gradient is summed over FLA's token chunks (6 of 8,192
+    # rows at 48 x 1024) in bf16, each chunk's product accumulated in fp32 inside the GEMM and then
+    # rounded: the order of rounding every other weight gradient gets under autocast. The fp32 option
+    # runs those GEMMs in fp32 and cost 15 ms of a 472 ms step on an H100 (docs/gpu-verification.md).
     return k["linear_cross_entropy"](hidden2d, targets.reshape(-1), head, bias,
                                      accumulate_grad_in_fp32=hidden2d.dtype == torch.float32)
