@@ -86,12 +86,15 @@ def check_op(device: torch.device, dtypes: tuple[torch.dtype, ...] = (torch.bflo
 
 
 def _small_hybrid_config(kernels: str, layout: str = "GGAGGA", vocab: int = 4096):
+    """A few layers with the H100 presets' GDN geometry (hidden 768, 12 heads of 256, MLP 3072), so the
+    model checks reuse the FLA kernel variants a training run has already autotuned (Triton's
+    autotune key holds the head counts and sizes); attention with GQA and a window that cuts."""
     from hybridlm.config import ModelConfig
     from hybridlm.config.model_config import AttentionConfig
 
-    return ModelConfig(vocab_size=vocab, hidden_size=512, num_hidden_layers=len(layout), num_heads=4,
-                       head_dim=128, intermediate_size=1536, layout=layout, kernels=kernels,
-                       attention=AttentionConfig(num_heads=8, num_kv_heads=4, window_size=512))
+    return ModelConfig(vocab_size=vocab, hidden_size=768, num_hidden_layers=len(layout), num_heads=12,
+                       head_dim=256, intermediate_size=3072, layout=layout, kernels=kernels,
+                       attention=AttentionConfig(num_heads=12, num_kv_heads=4, window_size=512))
 
 
 def check_model_backends(device: torch.device) -> list[Check]:
