@@ -21,7 +21,7 @@ from lm_eval.api.model import LM
 from lm_eval.api.registry import register_model
 
 from hybridlm.evaluation.encoding import encode_pair
-from hybridlm.evaluation.scoring import (inference_precision, model_device, model_window, resolve_precision,
+from hybridlm.evaluation.scoring import (inference_precision, model_device, model_window, scoring_precision,
                                          score_requests)
 
 _log = logging.getLogger(__name__)
@@ -61,7 +61,7 @@ class HybridLMEvalModel(LM):
         self._max_length = int(max_length or model_window(model))
         self.batch_size = _parse_batch_size(batch_size)
         self.max_gen_toks = int(max_gen_toks)
-        self.precision = resolve_precision(model_device(model), str(precision))  # fails early on a typo
+        self.precision = scoring_precision(model_device(model), str(precision))  # fails early on a typo
         self._device = model_device(model)
 
     @classmethod

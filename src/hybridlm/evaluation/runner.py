@@ -18,7 +18,7 @@ from torch import nn
 from hybridlm.errors import HybridLMError
 from hybridlm.evaluation import metrics
 from hybridlm.evaluation.encoding import Tokenizer, encode_pair
-from hybridlm.evaluation.scoring import model_device, model_window, resolve_precision, score_requests
+from hybridlm.evaluation.scoring import model_device, model_window, scoring_precision, score_requests
 from hybridlm.evaluation.tasks import LAST_WORD, MULTIPLE_CHOICE, VALIDATION_PERPLEXITY, Example, TaskSpec, parse_tasks
 
 
@@ -47,7 +47,7 @@ def evaluate(model: nn.Module, tokenizer: Tokenizer, tasks: str | Sequence[str],
     window = max_length or model_window(model)
     common = {"checkpoint": checkpoint, "limit": limit, "num_fewshot": num_fewshot, "batch_size": batch_size,
               "max_length": window, "device": str(model_device(model)),
-              "precision": resolve_precision(model_device(model), precision),  # fails on a bad value
+              "precision": scoring_precision(model_device(model), precision),  # fails on a bad value
               "data_dir": str(data_dir) if data_dir is not None else None, "hybridlm_version": __version__}
     results: dict = {"hybridlm_version": __version__, "date": _now(), "settings": common, "tasks": {}}
     for spec in specs:

@@ -25,7 +25,7 @@ HEAD_BUDGET_ELEMENTS = 1 << 25  # logits elements per head chunk (128 MB of floa
 PRECISIONS = ("auto", "fp32", "bf16")
 
 
-def resolve_precision(device: torch.device, precision: str = "auto") -> str:
+def scoring_precision(device: torch.device, precision: str = "auto") -> str:
     """'bf16' or 'fp32' for the backbone: `auto` is bf16 on CUDA (what training ran, and the dtype FLA's
     kernels are compiled and tuned for in a training run) and float32 elsewhere."""
     if precision not in PRECISIONS:
@@ -36,7 +36,7 @@ def resolve_precision(device: torch.device, precision: str = "auto") -> str:
 def inference_precision(device: torch.device, precision: str = "auto"):
     """The backbone's autocast context. For hybridlm models the LM head and the log-softmax always run
     in float32 (`_target_logprobs`), so the log-likelihoods keep full precision."""
-    if resolve_precision(device, precision) == "bf16":
+    if scoring_precision(device, precision) == "bf16":
         return torch.autocast(device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
 
