@@ -3,72 +3,94 @@
 # docs/sweeps.md. Each step runs under its own time limit so one slow step cannot eat the rest; logs go
 # to $OUT (at most 8 files come back). Run from the repo root on the device machine with .device (FLA
 # site), .whl (tomli_w), .evaldata (full ARC-Challenge test file) and .tcache (a Triton cache from an
-# earlier call, optional) carried. Each mode stays within about 500 s (three calls and their machine
-# starts fit a session's 30 device minutes); give `run` timeout_s 560:
+# earlier call, optional) carried. Each mode stays within about 500 s (sweep: 560 s; a few calls and their machine
+# starts fit a session's 30 device minutes); give `run` timeout_s 590:
 #   bash bench/gpu_session.sh train  [STEPS]   # baseline vs our step + profiles, both presets trained, ARC speed
 #   bash bench/gpu_session.sh verify [SECTIONS] # `hybridlm verify`, one section per process, streamed
 #   bash bench/gpu_session.sh sweep  [STEPS]   # the 13-layout arch sweep on every visible GPU
+#   bash bench/gpu_session.sh pair   [SECTIONS] # two GPUs (kind nvidia-h100-x2): verify on one, train on the other
 set -u
 mode=${1:?usage: gpu_session.sh train|verify|sweep [STEPS]}; steps=${2:-}
 out=${OUT:-/tmp/out}; mkdir -p "$out"
 source bench/gpu_env.sh
 # verify starts from the training cache (its model checks use the presets' geometry) and brings its own
-# back as verify-cache, so the training cache never outgrows the 16 MiB a returned file may have
-cache_name=triton-cache; [ "$mode" = verify ] && cache_name=verify-cache
-carried=.tcache/$cache_name.tar.xz; [ -f "$carried" ] || carried=.tcache/triton-cache.tar.xz
-warm=0; [ -f "$carried" ] && tar -xJf "$carried" -C /tmp && warm=1
+# back as verify-cache, so the training cache never outgrows the 16 MiB a returned file may have. Each
+# cache lives in its own folder (/tmp/NAME/triton-cache) so that pair mode's two processes keep them apart.
+warm=0
+unpack_cache() {  # NAME: the carried .tcache/NAME.tar.xz, else the training cache, into /tmp/NAME
+  local carried=.tcache/$1.tar.xz; [ -f "$carried" ] || carried=.tcache/triton-cache.tar.xz
+  mkdir -p "/tmp/$1"; [ -f "$carried" ] && tar -xJf "$carried" -C "/tmp/$1" && warm=1
+}
+use_cache() {  # NAME: point Triton and TileLang at /tmp/NAME/triton-cache
+  export TRITON_CACHE_DIR=/tmp/$1/triton-cache TILELANG_CACHE_DIR=/tmp/$1/triton-cache/tilelang
+}
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader > /tmp/gpu.txt
 started=$SECONDS
 # Triton's (and TileLang's) compiled kernels and autotuning results for the next call to carry: built in
 # /tmp and moved, so a kill mid-tar never leaves a truncated archive; skipped when over the 16 MiB a
 # returned file may have (the carried .tcache then stays the latest one)
-save_cache() {
-  XZ_OPT=-T0 tar -cJf /tmp/tc.tar.xz -C /tmp triton-cache 2>/dev/null || return 0
-  if [ "$(stat -c %s /tmp/tc.tar.xz)" -lt 15000000 ]; then mv /tmp/tc.tar.xz "$out/$cache_name.tar.xz"
-  else echo "triton cache $(du -h /tmp/tc.tar.xz | cut -f1): too big to bring back"; fi
+save_cache() {  # NAME
+  XZ_OPT=-T0 tar -cJf "/tmp/$1.tmp.tar.xz" -C "/tmp/$1" triton-cache 2>/dev/null || return 0
+  if [ "$(stat -c %s "/tmp/$1.tmp.tar.xz")" -lt 15000000 ]; then mv "/tmp/$1.tmp.tar.xz" "$out/$1.tar.xz"
+  else echo "$1 $(du -h "/tmp/$1.tmp.tar.xz" | cut -f1): too big to bring back"; fi
 }
 limit() { timeout -k 15 "$@"; }  # every step: a hard limit, SIGKILL 15 s after SIGTERM
 
-case "$mode" in
-train)
+train_part() {  # STEPS: baseline vs our step (+ profiles), h100_hybrid_sparse, ARC speed, h100_deltanet
+  use_cache triton-cache
   # a cold Triton cache costs the first process ~4 minutes of autotuning (docs/gpu-verification.md)
-  bench_s=120; train_s=130; steps=${steps:-200}; [ "$warm" = 0 ] && { bench_s=280; train_s=100; steps=${2:-100}; }
-  limit "$bench_s" python3 bench/bench_gpu_train.py --out "$out" --skip-train --presets h100_deltanet \
+  local bench_s=120 train_s=140 steps=${1:-200}; [ "$warm" = 0 ] && { bench_s=280; train_s=100; steps=${1:-100}; }
+  limit "$bench_s" python3 bench/bench_gpu_train.py --out /tmp/gpu-runs/profiles --skip-train --presets h100_deltanet \
     --baseline-steps 20 > "$out/bench.txt" 2>&1; echo "bench rc=$? after $((SECONDS - started)) s" >> "$out/bench.txt"
-  cat /tmp/gpu.txt >> "$out/bench.txt"; rm -f "$out/summary.json"
-  save_cache
-  for preset in h100_hybrid_sparse h100_deltanet; do
-    limit "$train_s" python3 -m hybridlm.cli train --preset "$preset" --out "/tmp/gpu-runs/$preset" --no-progress \
-      --set train.max_steps="$steps" --set train.eval_interval=50 --set train.eval_batches=5 \
-      --set train.log_interval=10 --set train.save_interval=100000 > "$out/train_$preset.txt" 2>&1
-    echo "train rc=$? after $((SECONDS - started)) s" >> "$out/train_$preset.txt"
-  done
-  tar --exclude checkpoints -cJf "$out/runs.tar.xz" -C /tmp gpu-runs 2>/dev/null
+  cat /tmp/gpu.txt >> "$out/bench.txt"
+  save_cache triton-cache
+  train_preset h100_hybrid_sparse "$train_s" "$steps"
   limit 50 python3 bench/bench_eval.py --run /tmp/gpu-runs/h100_hybrid_sparse --checkpoint final --device cuda \
     --batch-size 64 --data-dir .evaldata --repeats 3 > "$out/eval_bench.txt" 2>&1
   echo "eval rc=$? after $((SECONDS - started)) s" >> "$out/eval_bench.txt"
-  save_cache
+  [ "$warm" = 1 ] && train_preset h100_deltanet "$train_s" "$steps"
+  # runs (without checkpoints) and the profiles travel as one file: a call brings back at most 8
+  tar --exclude checkpoints -cJf "$out/runs.tar.xz" -C /tmp gpu-runs 2>/dev/null
+  save_cache triton-cache
   grep "seed baseline:\|hybridlm step\|rc=" "$out/bench.txt"
-  for preset in h100_hybrid_sparse h100_deltanet; do grep "val loss\|throughput\|rc=" "$out/train_$preset.txt" | tail -4; done
+  for preset in h100_hybrid_sparse h100_deltanet; do grep -s "val loss\|throughput\|rc=" "$out/train_$preset.txt" | tail -4; done
   tail -4 "$out/eval_bench.txt"
-  ;;
-verify)
-  # SECTIONS (default all): e.g. fla_model,decode,loss,model in one call and op_bf16,op_fp32 in the next.
-  # Each section may use all the time left; the Triton cache is saved after each, so the next call
-  # resumes from every kernel tuned so far.
-  for section in $(echo "${steps:-fla_model,decode,loss,model,op_bf16,op_fp32}" | tr , ' '); do
+}
+train_preset() {  # PRESET SECONDS STEPS
+  limit "$2" python3 -m hybridlm.cli train --preset "$1" --out "/tmp/gpu-runs/$1" --no-progress \
+    --set train.max_steps="$3" --set train.eval_interval=50 --set train.eval_batches=5 \
+    --set train.log_interval=10 --set train.save_interval=100000 > "$out/train_$1.txt" 2>&1
+  echo "train rc=$? after $((SECONDS - started)) s" >> "$out/train_$1.txt"
+}
+verify_part() {  # SECTIONS (default all): e.g. fla_model,decode,loss,model in one call, op_bf16,op_fp32 in the next.
+  # Each section may use all the time left; the cache is saved after each, so the next call resumes
+  # from every kernel tuned so far.
+  use_cache verify-cache
+  local section left
+  for section in $(echo "${1:-fla_model,decode,loss,model,op_bf16,op_fp32}" | tr , ' '); do
     left=$((480 - (SECONDS - started))); [ "$left" -lt 30 ] && { echo "$section: skipped, no time left" >> "$out/verify.txt"; continue; }
     echo "== $section" >> "$out/verify.txt"
     limit "$left" python3 -m hybridlm.cli verify --sections "$section" 2>&1 | grep --line-buffered -v TileLang \
       >> "$out/verify.txt"; echo "$section rc=${PIPESTATUS[0]} after $((SECONDS - started)) s" >> "$out/verify.txt"
-    save_cache
+    save_cache verify-cache
   done
   cat /tmp/gpu.txt >> "$out/verify.txt"
   grep "ok \|FAIL\|rc=\|skipped" "$out/verify.txt"
+}
+
+case "$mode" in
+train) unpack_cache triton-cache; train_part "$steps" ;;
+verify) unpack_cache verify-cache; verify_part "$steps" ;;
+pair)
+  unpack_cache triton-cache; unpack_cache verify-cache
+  CUDA_VISIBLE_DEVICES=0 verify_part "$steps" > /tmp/verify_part.txt 2>&1 &
+  CUDA_VISIBLE_DEVICES=1 train_part > /tmp/train_part.txt 2>&1 &
+  wait; cat /tmp/train_part.txt /tmp/verify_part.txt
   ;;
 sweep)
+  unpack_cache triton-cache; use_cache triton-cache
   steps=${steps:-100}
-  limit 470 python3 -m hybridlm.cli sweep arch --layouts exp7 --steps "$steps" --out /tmp/arch --devices auto \
+  limit 540 python3 -m hybridlm.cli sweep arch --layouts exp7 --steps "$steps" --out /tmp/arch --devices auto \
     --no-progress --set train.eval_interval=50 --set train.eval_batches=5 --set train.save_interval=100000 \
     > "$out/sweep.txt" 2>&1; echo "sweep rc=$? after $((SECONDS - started)) s" >> "$out/sweep.txt"
   cat /tmp/gpu.txt >> "$out/sweep.txt"
