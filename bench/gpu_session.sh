@@ -9,6 +9,8 @@
 #   bash bench/gpu_session.sh verify [SECTIONS] # `hybridlm verify`, one section per process, streamed
 #   bash bench/gpu_session.sh sweep  [STEPS]   # the 13-layout arch sweep on every visible GPU
 #   bash bench/gpu_session.sh pair   [SECTIONS] # two GPUs (kind nvidia-h100-x2): verify on one, train on the other
+#   bash bench/gpu_session.sh probe            # FLA's gradients vs float64 (bench/gpu_grad_probe.py), then the
+#                                              # model verify rows that reuse training kernels (~4 minutes)
 set -u
 mode=${1:?usage: gpu_session.sh train|verify|sweep [STEPS]}; steps=${2:-}
 out=${OUT:-/tmp/out}; mkdir -p "$out"
@@ -86,6 +88,16 @@ pair)
   CUDA_VISIBLE_DEVICES=0 verify_part "$steps" > /tmp/verify_part.txt 2>&1 &
   CUDA_VISIBLE_DEVICES=1 train_part > /tmp/train_part.txt 2>&1 &
   wait; cat /tmp/train_part.txt /tmp/verify_part.txt
+  ;;
+probe)
+  unpack_cache triton-cache; use_cache triton-cache
+  limit 120 python3 bench/gpu_grad_probe.py > "$out/probe.txt" 2>&1; echo "probe rc=$?" >> "$out/probe.txt"
+  # the bf16 rows print within about a minute; the float32 rows after them need minutes of autotuning
+  for section in fla_model:75 model:70; do
+    limit "${section#*:}" python3 -m hybridlm.cli verify --sections "${section%:*}" 2>&1 | grep --line-buffered -v TileLang \
+      >> "$out/probe.txt"; echo "${section%:*} rc=${PIPESTATUS[0]} after $((SECONDS - started)) s" >> "$out/probe.txt"
+  done
+  cat /tmp/gpu.txt >> "$out/probe.txt"; grep -v "^\[" "$out/probe.txt" | grep "|\|rc="
   ;;
 sweep)
   unpack_cache triton-cache; use_cache triton-cache

@@ -165,3 +165,32 @@ def test_fla_fused_loss_is_used_only_for_training_with_fla_kernels(monkeypatch):
     model.config.kernels = "torch"
     model(ids, labels=labels, return_logits=False)
     assert len(calls) == 1
+
+
+def test_block_pre_mlp_residual_add_goes_through_the_fused_add_norm(monkeypatch):
+    """On CUDA the block hands `x + update` and its norm to FLA's rms_norm(residual=..., prenorm=True), as
+    FLA's own blocks do (that is what makes our bf16 logits equal FLA's model bit for bit). The kernel is
+    replaced by its contract (sum in float32, normalise, return (y in the update's dtype, sum in the
+    residual's dtype)), so the test proves the wiring and that the block output is unchanged."""
+    from hybridlm.model import fused
+    from hybridlm.model.norm import RMSNorm
+
+    calls = []
+
+    def fake_rms_norm(x, weight, bias, residual=None, eps=1e-6, prenorm=False):
+        calls.append((x.dtype, residual.dtype, prenorm))
+        total = x.float() + residual.float()
+        y = total * torch.rsqrt(total.pow(2).mean(-1, keepdim=True) + eps) * weight.float()
+        return y.to(x.dtype), total.to(residual.dtype)
+
+    norm = RMSNorm(8, use_fused=True)
+    norm.weight.data.uniform_(0.5, 1.5)
+    update, residual = torch.randn(2, 3, 8, dtype=torch.float64), torch.randn(2, 3, 8, dtype=torch.float64)
+    expected_total = residual + update
+    expected = norm(expected_total)  # the PyTorch path (CPU tensors never take the fused one)
+    y, total = norm.add_and_norm(update, residual)
+    assert calls == [] and torch.equal(total, expected_total) and torch.allclose(y, expected)
+    monkeypatch.setattr(fused, "_kernels", lambda device_type: {"rms_norm": fake_rms_norm})
+    y, total = fused.add_rms_norm(update, residual, norm.weight, norm.eps)
+    assert calls == [(torch.float64, torch.float64, True)]
+    assert torch.allclose(total, expected_total) and torch.allclose(y, expected)

@@ -24,5 +24,6 @@ class Block(nn.Module):
         self.mlp = SwiGLU(config.hidden_size, config.mlp_intermediate_size, use_fused=fused)
 
     def forward(self, x: torch.Tensor, cache: dict | None = None) -> torch.Tensor:
-        x = x + self.attn(self.attn_norm(x), cache=cache)
-        return x + self.mlp(self.mlp_norm(x))
+        update = self.attn(self.attn_norm(x), cache=cache)
+        hidden, x = self.mlp_norm.add_and_norm(update, x)  # x + update, normalised: fused on CUDA
+        return x + self.mlp(hidden)

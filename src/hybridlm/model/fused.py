@@ -51,6 +51,17 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor 
     return None if k is None else k["rms_norm"](x, weight, None, eps=eps)
 
 
+def add_rms_norm(update: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor,
+                 eps: float) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """(rms_norm(residual + update), residual + update) in one kernel, as FLA's blocks do before their MLP:
+    the sum is normalised in float32 before it is stored in the residual's dtype, and the normalised
+    output takes the update's dtype (bf16 under autocast, so no cast before the MLP's projections)."""
+    k = _kernels(update.device.type)
+    if k is None:
+        return None
+    return k["rms_norm"](update, weight, None, residual=residual, eps=eps, prenorm=True)
+
+
 def gated_rms_norm(x: torch.Tensor, gate: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor | None:
     k = _kernels(x.device.type)
     return None if k is None else k["rms_norm_gated"](x, gate, weight, None, activation="swish", eps=eps)

@@ -31,6 +31,16 @@ class RMSNorm(nn.Module):
                 return y
         return self._reference(x)
 
+    def add_and_norm(self, update: torch.Tensor, residual: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(self(residual + update), residual + update): one fused kernel on CUDA (FLA's pre-norm
+        residual add), else the two steps in PyTorch."""
+        if self.use_fused and update.is_cuda:
+            out = fused.add_rms_norm(update, residual, self.weight, self.eps)
+            if out is not None:
+                return out
+        total = residual + update
+        return self(total), total
+
     def _reference(self, x: torch.Tensor) -> torch.Tensor:
         xf = x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
         y = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
