@@ -35,3 +35,22 @@ def test_unknown_section_is_a_one_line_error(capsys):
     assert verify.run_verify(("fla_model", "speed")) == 2
     err = capsys.readouterr().err.strip()
     assert "unknown verify section(s) speed" in err and "loss" in err and "\n" not in err
+
+
+def test_op_check_compares_with_float64_and_the_torch_op():
+    """The op rows' machinery on the CPU (torch kernels on both sides): each config yields a row against
+    float64 ground truth, near bf16 rounding, and one against the PyTorch op, exactly 0 here."""
+    import itertools
+
+    checks = list(itertools.islice(verify.check_op(torch.device("cpu"), (torch.bfloat16,), backend="torch"), 4))
+    assert [c.name.split(": ")[1].split(" (")[0] for c in checks] == ["torch vs float64", "torch vs torch"] * 2
+    assert checks[0].name.startswith("op bfloat16 d=64 T=64: ") and checks[2].name.startswith("op bfloat16 d=64 T=64 h0: ")
+    assert all(c.ok for c in checks)
+    assert 1e-4 < checks[0].error < 1e-2 and checks[1].error == 0.0
+
+
+def test_model_check_measures_autocast_against_float64():
+    checks = verify.check_model_backends(torch.device("cpu"), backend="torch", seq_len=64)
+    assert [c.name for c in checks] == ["hybrid model logits, torch kernels (bf16 autocast) vs float64",
+                                        "hybrid model gradients, torch kernels (bf16 autocast) vs float64"]
+    assert all(c.ok for c in checks) and all(0 < c.error for c in checks)
