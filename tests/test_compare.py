@@ -109,3 +109,23 @@ def test_throughput_column_is_the_steady_rate_when_recorded(tmp_path):
     results["results"]["tokens_per_s_steady"] = 116_000.0
     (run / "results.json").write_text(json.dumps(results))
     assert run_record(run)["tokens_per_s"] == 116_000.0
+
+
+def test_curve_plot_gives_every_member_of_a_large_sweep_its_own_colour(tmp_path, monkeypatch):
+    """A 13-layout sweep has more members than matplotlib's 10-colour cycle: no two curves may share one."""
+    from hybridlm.sweep import plots
+
+    root = tmp_path / "many"
+    for i in range(13):
+        make_run(root / f"m{i}", "GA", 1e-3, best=5.0 - i * 0.01, final=5.0, tps=1000)
+    _, records = compare([root])
+    styles = []
+    real_save = plots._save
+
+    def capture(fig, plt, path):
+        styles.extend((line.get_color(), line.get_linestyle()) for line in fig.axes[0].get_lines())
+        return real_save(fig, plt, path)
+
+    monkeypatch.setattr(plots, "_save", capture)
+    plots.plot_val_curves(records, tmp_path / "curves.png")
+    assert len(styles) == 13 and len(set(styles)) == 13 and (tmp_path / "curves.png").stat().st_size > 0

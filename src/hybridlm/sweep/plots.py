@@ -40,11 +40,15 @@ def write_plots(records: list[dict[str, Any]], out: Path, kind: str = "compare",
 def plot_val_curves(records: list[dict[str, Any]], path: Path) -> Path:
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(10, 6))
-    for r in records:
+    # matplotlib's default cycle has 10 colours: a 13-layout sweep would reuse them, so larger sweeps
+    # take tab20's 20 and change the line style every 20 members
+    colors = plt.get_cmap("tab10" if len(records) <= 10 else "tab20").colors
+    for i, r in enumerate(records):
         evals = [e for e in RunDir(r["dir"]).read_metrics() if e.get("event") == "eval" and "val_loss" in e]
         if evals:
             ax.plot([e["step"] for e in evals], [e["val_loss"] for e in evals], marker="o", markersize=2.5,
-                    linewidth=1.2, label=r["name"])
+                    linewidth=1.2, label=r["name"], color=colors[i % len(colors)],
+                    linestyle=("-", "--", ":")[i // len(colors) % 3])
     ax.set_xlabel("step")
     ax.set_ylabel("validation loss")
     ax.set_title("validation loss of every member")
