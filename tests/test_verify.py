@@ -54,3 +54,28 @@ def test_model_check_measures_autocast_against_float64():
     assert [c.name for c in checks] == ["hybrid model logits, torch kernels (bf16 autocast) vs float64",
                                         "hybrid model gradients, torch kernels (bf16 autocast) vs float64"]
     assert all(c.ok for c in checks) and all(0 < c.error for c in checks)
+
+
+def test_op_check_cotangents_do_not_depend_on_output_strides(monkeypatch):
+    """Session 3's GPU run reported FLA's dq 1.4 away from ours in every configuration: the old check drew
+    its cotangents with `randn_like(o)`, which follows o's strides, and our op's o is a transposed view while
+    FLA's is contiguous, so the two backends were differentiated along different directions. A stand-in for
+    FLA that returns our op's result made contiguous must now agree with the torch op exactly."""
+    import itertools
+    import sys
+
+    from hybridlm.ops import gdn_torch
+
+    dispatch = sys.modules["hybridlm.ops.gated_delta_rule"]
+
+    def contiguous_fla(*args, mode):
+        o, state = gdn_torch.chunk_gated_delta_rule(*args)
+        return o.contiguous(), state
+
+    monkeypatch.setattr(dispatch, "fla_gated_delta_rule", contiguous_fla)
+    monkeypatch.setattr(dispatch, "resolve_backend", lambda backend, device: backend)
+    o, _ = gdn_torch.chunk_gated_delta_rule(*[torch.randn(1, 8, 2, 4)] * 3, -torch.rand(1, 8, 2), torch.rand(1, 8, 2))
+    assert not o.is_contiguous()  # the situation the old check got wrong
+    checks = list(itertools.islice(verify.check_op(torch.device("cpu"), (torch.float32,), backend="fla"), 4))
+    assert [c.name.split(": ")[1].split(" (")[0] for c in checks] == ["fla vs float64", "fla vs torch"] * 2
+    assert all(c.ok for c in checks) and checks[1].error < 1e-6 and checks[3].error < 1e-6
