@@ -117,7 +117,7 @@ def main() -> None:
     from gpu_step_probe import build_step  # bench/ is on sys.path when this script runs
 
     for name in args.presets.split(","):
-        step, _ = build_step(name)
+        step, _ = build_step(name, batches=batches)  # the baseline's batches: comparable losses
         summary[f"step_{name}"] = time_steps(step, args.baseline_steps, tokens)
         print(f"hybridlm step {name}:", json.dumps(summary[f"step_{name}"]), flush=True)
         print(profile(step, name, args.out), flush=True)

@@ -12,8 +12,11 @@ from collections.abc import Callable
 import torch
 
 
-def build_step(preset_name: str, batch_size: int = 48) -> tuple[Callable[[], torch.Tensor], int]:
-    """One bf16-autocast training step (forward, backward, clip, AdamW) on random tokens, and its vocab."""
+def build_step(preset_name: str, batch_size: int = 48,
+               batches: list[torch.Tensor] | None = None) -> tuple[Callable[[], torch.Tensor], int]:
+    """One bf16-autocast training step (forward, backward, clip, AdamW) and the vocab. It cycles through
+    `batches` ([B, T + 1] token tensors, as the baseline loop gets them) or, without them, repeats one
+    batch of random tokens (step time does not depend on the token values, the loss does)."""
     from hybridlm.config import preset
     from hybridlm.model import HybridLM
     from hybridlm.train.optim import build_optimizer
@@ -24,9 +27,12 @@ def build_step(preset_name: str, batch_size: int = 48) -> tuple[Callable[[], tor
     config = preset(preset_name)
     model = HybridLM(config.model).cuda()
     opt = build_optimizer(model, 1e-3, 0.1, (0.9, 0.95), 1e-8, "cuda")
-    batch = torch.randint(0, config.model.vocab_size, (batch_size, 1025), device="cuda")
+    if batches is None:
+        batches = [torch.randint(0, config.model.vocab_size, (batch_size, 1025))]
+    counter = iter(range(1 << 30))
 
     def step() -> torch.Tensor:
+        batch = batches[next(counter) % len(batches)].cuda(non_blocking=True)
         with torch.autocast("cuda", dtype=torch.bfloat16):
             loss = model(batch[:, :-1], labels=batch[:, 1:], return_logits=False).loss
         loss.backward()
