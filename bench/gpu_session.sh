@@ -9,6 +9,8 @@
 #   bash bench/gpu_session.sh verify [SECTIONS] # `hybridlm verify`, one section per process, streamed
 #   bash bench/gpu_session.sh sweep  [STEPS]   # the 13-layout arch sweep on every visible GPU
 #   bash bench/gpu_session.sh pair   [SECTIONS] # two GPUs (kind nvidia-h100-x2): verify on one, train on the other
+#   bash bench/gpu_session.sh verify2 SECTIONS_A SECTIONS_B  # two GPUs: verify SECTIONS_A on one, SECTIONS_B
+#                                              # on the other (e.g. op_bf16,model op_fp32); logs in $OUT/a, $OUT/b
 #   bash bench/gpu_session.sh probe            # FLA's gradients vs float64 (bench/gpu_grad_probe.py), then the
 #                                              # model verify rows that reuse training kernels (~4 minutes)
 set -u
@@ -32,9 +34,9 @@ started=$SECONDS
 # /tmp and moved, so a kill mid-tar never leaves a truncated archive; skipped when over the 16 MiB a
 # returned file may have (the carried .tcache then stays the latest one)
 save_cache() {  # NAME
-  XZ_OPT=-T0 tar -cJf "/tmp/$1.tmp.tar.xz" -C "/tmp/$1" triton-cache 2>/dev/null || return 0
-  if [ "$(stat -c %s "/tmp/$1.tmp.tar.xz")" -lt 15000000 ]; then mv "/tmp/$1.tmp.tar.xz" "$out/$1.tar.xz"
-  else echo "$1 $(du -h "/tmp/$1.tmp.tar.xz" | cut -f1): too big to bring back"; fi
+  XZ_OPT=-T0 tar -cJf "/tmp/$1.$BASHPID.tar.xz" -C "/tmp/$1" triton-cache 2>/dev/null || return 0
+  if [ "$(stat -c %s "/tmp/$1.$BASHPID.tar.xz")" -lt 15000000 ]; then mv "/tmp/$1.$BASHPID.tar.xz" "$out/$1.tar.xz"
+  else echo "$1 $(du -h "/tmp/$1.$BASHPID.tar.xz" | cut -f1): too big to bring back"; rm -f "/tmp/$1.$BASHPID.tar.xz"; fi
 }
 limit() { timeout -k 15 "$@"; }  # every step: a hard limit, SIGKILL 15 s after SIGTERM
 
@@ -88,6 +90,13 @@ pair)
   CUDA_VISIBLE_DEVICES=0 verify_part "$steps" > /tmp/verify_part.txt 2>&1 &
   CUDA_VISIBLE_DEVICES=1 train_part > /tmp/train_part.txt 2>&1 &
   wait; cat /tmp/train_part.txt /tmp/verify_part.txt
+  ;;
+verify2)
+  unpack_cache verify-cache
+  ( out=$out/a; mkdir -p "$out"; CUDA_VISIBLE_DEVICES=0 verify_part "$steps" ) > /tmp/verify_a.txt 2>&1 &
+  ( out=$out/b; mkdir -p "$out"; CUDA_VISIBLE_DEVICES=1 verify_part "${3:?verify2 needs two section lists}" ) \
+    > /tmp/verify_b.txt 2>&1 &
+  wait; cat /tmp/verify_a.txt /tmp/verify_b.txt
   ;;
 probe)
   unpack_cache triton-cache; use_cache triton-cache
