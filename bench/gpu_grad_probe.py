@@ -39,7 +39,8 @@ def probe_op(dtype: torch.dtype, b=2, t=256, h=4, d=64) -> None:
     g = -F.softplus(rand(b, t, h)) * 0.5
     beta = torch.sigmoid(rand(b, t, h))
     h0 = rand(b, h, d, d) * 0.1
-    do, dstate = rand(b, t, h, d), rand(b, h, d, d)
+    # rounded to the tested outputs' dtypes first, so the float64 truth sees the very same cotangents
+    do, dstate = rand(b, t, h, d).to(dtype).double(), rand(b, h, d, d).float().double()
     names = ["o", "state", "dq", "dk", "dv", "dg", "dbeta", "dh0"]
 
     ref_leaves = _leaves([q, k, v, g, beta, h0])
@@ -73,7 +74,7 @@ def probe_training_call(b=1, t=1024, h=12, d=256) -> None:
     a, bb = rand(b, t, h), rand(b, t, h)
     A_log = torch.empty(h, device=DEVICE, dtype=torch.float64).uniform_(0, 16, generator=gen).log()
     dt_bias = rand(h) * 0.5
-    do = rand(b, t, h, d)
+    do = rand(b, t, h, d).to(torch.bfloat16).double()  # the bf16 output's cotangent, exactly
     names = ["o", "dq", "dk", "dv", "da", "db", "dA_log", "ddt_bias"]
 
     ref = _leaves([q, k, v, a, bb, A_log, dt_bias])

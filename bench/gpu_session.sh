@@ -14,16 +14,19 @@
 #   bash bench/gpu_session.sh probe            # FLA's gradients vs float64 (bench/gpu_grad_probe.py), then the
 #                                              # model verify rows that reuse training kernels (~4 minutes)
 set -u
-mode=${1:?usage: gpu_session.sh train|verify|sweep [STEPS]}; steps=${2:-}
+mode=${1:?usage: gpu_session.sh train|verify|verify2|pair|probe|sweep [ARGS]}; steps=${2:-}
 out=${OUT:-/tmp/out}; mkdir -p "$out"
 source bench/gpu_env.sh
 # verify starts from the training cache (its model checks use the presets' geometry) and brings its own
 # back as verify-cache, so the training cache never outgrows the 16 MiB a returned file may have. Each
 # cache lives in its own folder (/tmp/NAME/triton-cache) so that pair mode's two processes keep them apart.
-warm=0
-unpack_cache() {  # NAME: the carried .tcache/NAME.tar.xz, else the training cache, into /tmp/NAME
-  local carried=.tcache/$1.tar.xz; [ -f "$carried" ] || carried=.tcache/triton-cache.tar.xz
-  mkdir -p "/tmp/$1"; [ -f "$carried" ] && tar -xJf "$carried" -C "/tmp/$1" && warm=1
+unpack_cache() {  # NAME: into /tmp/NAME, the first carried of .tcache/NAME, verify-cache (for verify-cache-*), triton-cache
+  local carried
+  for carried in ".tcache/$1.tar.xz" ".tcache/${1%-[ab]}.tar.xz" .tcache/triton-cache.tar.xz; do
+    [ -f "$carried" ] && break
+  done
+  mkdir -p "/tmp/$1"; [ -f "$carried" ] && tar -xJf "$carried" -C "/tmp/$1"
+  return 0
 }
 use_cache() {  # NAME: point Triton and TileLang at /tmp/NAME/triton-cache
   export TRITON_CACHE_DIR=/tmp/$1/triton-cache TILELANG_CACHE_DIR=/tmp/$1/triton-cache/tilelang
@@ -34,15 +37,17 @@ started=$SECONDS
 # /tmp and moved, so a kill mid-tar never leaves a truncated archive; skipped when over the 16 MiB a
 # returned file may have (the carried .tcache then stays the latest one)
 save_cache() {  # NAME
-  XZ_OPT=-T0 tar -cJf "/tmp/$1.$BASHPID.tar.xz" -C "/tmp/$1" triton-cache 2>/dev/null || return 0
-  if [ "$(stat -c %s "/tmp/$1.$BASHPID.tar.xz")" -lt 15000000 ]; then mv "/tmp/$1.$BASHPID.tar.xz" "$out/$1.tar.xz"
-  else echo "$1 $(du -h "/tmp/$1.$BASHPID.tar.xz" | cut -f1): too big to bring back"; rm -f "/tmp/$1.$BASHPID.tar.xz"; fi
+  local tmp=/tmp/$1.$BASHPID.tar.xz  # per process: verify2 saves two caches at once
+  XZ_OPT=-T0 tar -cJf "$tmp" -C "/tmp/$1" triton-cache 2>/dev/null || return 0
+  if [ "$(stat -c %s "$tmp")" -lt 15000000 ]; then mv "$tmp" "$out/$1.tar.xz"
+  else echo "$1 $(du -h "$tmp" | cut -f1): too big to bring back"; rm -f "$tmp"; fi
 }
 limit() { timeout -k 15 "$@"; }  # every step: a hard limit, SIGKILL 15 s after SIGTERM
 
 train_part() {  # STEPS: baseline vs our step (+ profiles), h100_hybrid_sparse, ARC speed, h100_deltanet
   use_cache triton-cache
   # a cold Triton cache costs the first process ~4 minutes of autotuning (docs/gpu-verification.md)
+  local warm=0; [ -d /tmp/triton-cache/triton-cache ] && warm=1
   local bench_s=120 train_s=140 steps=${1:-200}; [ "$warm" = 0 ] && { bench_s=280; train_s=100; steps=${1:-100}; }
   limit "$bench_s" python3 bench/bench_gpu_train.py --out /tmp/gpu-runs/profiles --skip-train --presets h100_deltanet \
     --baseline-steps 20 > "$out/bench.txt" 2>&1; echo "bench rc=$? after $((SECONDS - started)) s" >> "$out/bench.txt"
@@ -69,14 +74,14 @@ train_preset() {  # PRESET SECONDS STEPS
 verify_part() {  # SECTIONS (default all): e.g. fla_model,decode,loss,model in one call, op_bf16,op_fp32 in the next.
   # Each section may use all the time left; the cache is saved after each, so the next call resumes
   # from every kernel tuned so far.
-  use_cache verify-cache
-  local section left
+  local cache=${vcache:-verify-cache} section left  # verify2 gives each GPU its own cache folder
+  use_cache "$cache"
   for section in $(echo "${1:-fla_model,decode,loss,model,op_bf16,op_fp32}" | tr , ' '); do
     left=$((480 - (SECONDS - started))); [ "$left" -lt 30 ] && { echo "$section: skipped, no time left" >> "$out/verify.txt"; continue; }
     echo "== $section" >> "$out/verify.txt"
     limit "$left" python3 -m hybridlm.cli verify --sections "$section" 2>&1 | grep --line-buffered -v TileLang \
       >> "$out/verify.txt"; echo "$section rc=${PIPESTATUS[0]} after $((SECONDS - started)) s" >> "$out/verify.txt"
-    save_cache verify-cache
+    save_cache "$cache"
   done
   cat /tmp/gpu.txt >> "$out/verify.txt"
   grep "ok \|FAIL\|rc=\|skipped" "$out/verify.txt"
@@ -92,9 +97,11 @@ pair)
   wait; cat /tmp/train_part.txt /tmp/verify_part.txt
   ;;
 verify2)
-  unpack_cache verify-cache
-  ( out=$out/a; mkdir -p "$out"; CUDA_VISIBLE_DEVICES=0 verify_part "$steps" ) > /tmp/verify_a.txt 2>&1 &
-  ( out=$out/b; mkdir -p "$out"; CUDA_VISIBLE_DEVICES=1 verify_part "${3:?verify2 needs two section lists}" ) \
+  sections_b=${3:?usage: gpu_session.sh verify2 SECTIONS_A SECTIONS_B}
+  unpack_cache verify-cache-a; unpack_cache verify-cache-b
+  ( out=$out/a vcache=verify-cache-a; mkdir -p "$out"; CUDA_VISIBLE_DEVICES=0 verify_part "$steps" ) \
+    > /tmp/verify_a.txt 2>&1 &
+  ( out=$out/b vcache=verify-cache-b; mkdir -p "$out"; CUDA_VISIBLE_DEVICES=1 verify_part "$sections_b" ) \
     > /tmp/verify_b.txt 2>&1 &
   wait; cat /tmp/verify_a.txt /tmp/verify_b.txt
   ;;
@@ -111,7 +118,7 @@ probe)
 sweep)
   unpack_cache triton-cache; use_cache triton-cache
   steps=${steps:-100}
-  limit 540 python3 -m hybridlm.cli sweep arch --layouts exp7 --steps "$steps" --out /tmp/arch --devices auto \
+  limit 520 python3 -m hybridlm.cli sweep arch --layouts exp7 --steps "$steps" --out /tmp/arch --devices auto \
     --no-progress --set train.eval_interval=50 --set train.eval_batches=5 --set train.save_interval=100000 \
     > "$out/sweep.txt" 2>&1; echo "sweep rc=$? after $((SECONDS - started)) s" >> "$out/sweep.txt"
   cat /tmp/gpu.txt >> "$out/sweep.txt"

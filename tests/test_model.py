@@ -168,10 +168,11 @@ def test_fla_fused_loss_is_used_only_for_training_with_fla_kernels(monkeypatch):
 
 
 def test_block_pre_mlp_residual_add_goes_through_the_fused_add_norm(monkeypatch):
-    """On CUDA the block hands `x + update` and its norm to FLA's rms_norm(residual=..., prenorm=True), as
-    FLA's own blocks do (that is what makes our bf16 logits equal FLA's model bit for bit). The kernel is
-    replaced by its contract (sum in float32, normalise, return (y in the update's dtype, sum in the
-    residual's dtype)), so the test proves the wiring and that the block output is unchanged."""
+    """On CUDA the pre-MLP residual add and norm go to FLA's rms_norm(residual=..., prenorm=True), as FLA's
+    own blocks do (that is what makes our bf16 logits equal FLA's model bit for bit). FLA's kernel is
+    replaced by its contract (sum in float32, normalise, y in the update's dtype, the sum in the residual's),
+    so this proves the call and that fused and PyTorch paths return the same pair, also for autocast's mix of
+    a bf16 update and a float32 residual. CPU tensors never take the fused path (`test_block_...` below)."""
     from hybridlm.model import fused
     from hybridlm.model.norm import RMSNorm
 
@@ -194,3 +195,20 @@ def test_block_pre_mlp_residual_add_goes_through_the_fused_add_norm(monkeypatch)
     y, total = fused.add_rms_norm(update, residual, norm.weight, norm.eps)
     assert calls == [(torch.float64, torch.float64, True)]
     assert torch.allclose(total, expected_total) and torch.allclose(y, expected)
+    y, total = fused.add_rms_norm(update.bfloat16(), residual.float(), norm.weight, norm.eps)  # autocast's mix
+    assert y.dtype == torch.bfloat16 and total.dtype == torch.float32
+    assert torch.equal(total, residual.float() + update.bfloat16().float())
+
+
+def test_block_forward_is_the_pre_norm_residual_formula():
+    """The block's refactor around add_and_norm keeps x + attn(norm(x)), then + mlp(norm(.)), bit for bit."""
+    from hybridlm.model.block import Block
+
+    config = ModelConfig(vocab_size=50, hidden_size=32, num_hidden_layers=2, num_heads=2, head_dim=16,
+                         intermediate_size=64, layout="GA", attention=AttentionConfig(num_heads=2))
+    torch.manual_seed(0)
+    for layer_idx in (0, 1):
+        block = Block(config, layer_idx).double()
+        x = torch.randn(2, 10, 32, dtype=torch.float64)
+        h = x + block.attn(block.attn_norm(x))
+        assert torch.equal(block(x), h + block.mlp(block.mlp_norm(h)))

@@ -41,8 +41,10 @@ def plot_val_curves(records: list[dict[str, Any]], path: Path) -> Path:
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(10, 6))
     # matplotlib's default cycle has 10 colours: a 13-layout sweep would reuse them, so larger sweeps
-    # take tab20's 20 and change the line style every 20 members
-    colors = plt.get_cmap("tab10" if len(records) <= 10 else "tab20").colors
+    # take tab20's 20 (its ten dark hues first, then their light partners) and change the line style
+    # every 20 members
+    tab20 = plt.get_cmap("tab20").colors
+    colors = plt.get_cmap("tab10").colors if len(records) <= 10 else tab20[0::2] + tab20[1::2]
     for i, r in enumerate(records):
         evals = [e for e in RunDir(r["dir"]).read_metrics() if e.get("event") == "eval" and "val_loss" in e]
         if evals:
