@@ -1,4 +1,5 @@
-"""Shared fixtures: a per-session token cache so the corpus is tokenised once per test run."""
+"""Shared fixtures: a per-session token cache so the corpus is tokenised once per test run, and one torch
+thread for modules of tiny models."""
 
 from __future__ import annotations
 
@@ -15,3 +16,15 @@ def _session_cache(tmp_path_factory):
     else:
         os.environ["HYBRIDLM_CACHE"] = str(tmp_path_factory.mktemp("hybridlm-cache"))
     yield
+
+
+@pytest.fixture(scope="module")
+def single_torch_thread():
+    """Tiny models run fastest single-threaded, and a busy 2-core CI box punishes oversubscription (OpenMP
+    stalls). Modules opt in with `pytestmark = pytest.mark.usefixtures("single_torch_thread")`."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)

@@ -8,7 +8,9 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from test_eval_helpers import gpt2, one_torch_thread, tiny_hybrid, write_run_dir  # noqa: F401
+from test_eval_helpers import gpt2, tiny_hybrid, write_run_dir
+
+pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
 from hybridlm.cli import main
 from hybridlm.evaluation import read_eval

@@ -8,7 +8,6 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-import pytest
 import torch
 from torch import nn
 
@@ -115,12 +114,3 @@ def write_run_dir(path: Path, model, tokenizer, seq_len: int = 32) -> Path:
     tokenizer.save(path / "tokenizer")
     save_checkpoint(path / "checkpoints" / "best", model, None, {"step": 0})
     return path
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """Tiny models run fastest single-threaded, and a busy 2-core CI box punishes oversubscription."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)

@@ -10,7 +10,9 @@ from contextlib import nullcontext
 from pathlib import Path
 
 import pytest
-from test_eval_helpers import CharTokenizer, TableLM, gpt2, logp, one_torch_thread, tiny_hybrid, write_run_dir  # noqa: F401
+from test_eval_helpers import CharTokenizer, TableLM, gpt2, logp, tiny_hybrid, write_run_dir
+
+pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
 lm_eval = pytest.importorskip("lm_eval")
 

@@ -8,7 +8,9 @@ import random
 import pytest
 import torch
 import torch.nn.functional as F
-from test_eval_helpers import CharTokenizer, TableLM, gpt2, logp, one_torch_thread, tiny_hybrid  # noqa: F401
+from test_eval_helpers import CharTokenizer, TableLM, gpt2, logp, tiny_hybrid
+
+pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
 from hybridlm.errors import HybridLMError
 from hybridlm.evaluation.encoding import encode_pair

@@ -7,7 +7,9 @@ import json
 import math
 
 import pytest
-from test_eval_helpers import CharTokenizer, TableLM, gpt2, logp, one_torch_thread, tiny_hybrid  # noqa: F401
+from test_eval_helpers import CharTokenizer, TableLM, gpt2, logp, tiny_hybrid
+
+pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
 from hybridlm.evaluation import evaluate
 from hybridlm.evaluation.fewshot import fewshot_prefixes, render_example

@@ -21,13 +21,7 @@ from hybridlm.ops.gdn_torch import (
 )
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    """These shapes are tiny: one thread is faster and immune to OpenMP stalls on a busy 2-core box."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
 
 def make_inputs(
