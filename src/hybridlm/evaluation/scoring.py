@@ -12,6 +12,7 @@ needs a [batch, length, vocab] tensor.
 from __future__ import annotations
 
 import contextlib
+import weakref
 from collections.abc import Sequence
 
 import torch
@@ -116,14 +117,22 @@ def _score_batch(model: nn.Module, inputs: list[list[int]], continuations: list[
     owners_t = torch.tensor(owners, device=device)
     sums = torch.zeros(len(inputs), dtype=torch.float64, device=device).index_add_(0, owners_t, logprobs.double())
     misses = torch.zeros(len(inputs), dtype=torch.long, device=device).index_add_(0, owners_t, (~greedy).long())
-    return [(float(s), bool(m == 0)) for s, m in zip(sums.tolist(), misses.tolist())]
+    sums_and_misses = torch.stack([sums, misses.double()]).tolist()  # one device-to-host copy per batch
+    return [(s, m == 0) for s, m in zip(*sums_and_misses)]
+
+
+# Models whose `.model` turned out not to return hidden states, so their later batches run the model once
+_HIDDEN_FROM_BACKBONE: weakref.WeakKeyDictionary[nn.Module, bool] = weakref.WeakKeyDictionary()
 
 
 def _target_logprobs(model: nn.Module, batch: torch.Tensor, rows: torch.Tensor, positions: torch.Tensor,
                      targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """log p(target) and argmax == target at the selected positions, float32 log-softmax as lm-eval."""
     head, backbone = getattr(model, "lm_head", None), getattr(model, "model", None)
-    states = backbone(batch) if isinstance(head, nn.Linear) and callable(backbone) else None
+    has_head_layout = isinstance(head, nn.Linear) and callable(backbone) and _HIDDEN_FROM_BACKBONE.get(model, True)
+    states = backbone(batch) if has_head_layout else None
+    if has_head_layout and not isinstance(states, torch.Tensor):
+        _HIDDEN_FROM_BACKBONE[model] = False  # e.g. an HF backbone's output object: `.logits` from now on
     if isinstance(states, torch.Tensor):  # hybridlm's layout: final hidden states, then the LM head
         hidden, weight, bias = states[rows, positions], head.weight, head.bias
     else:  # any model returning `.logits` [B, T, V]

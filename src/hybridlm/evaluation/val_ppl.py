@@ -36,7 +36,7 @@ def validation_perplexity(model: nn.Module, run_dir: str | Path, batch_size: int
     device = model_device(model)
     was_training = model.training
     model.eval()
-    loss_sum, hits, count = 0.0, 0, 0
+    totals = torch.zeros(3, dtype=torch.float64, device=device)  # loss sum, hits, tokens: synced once at the end
     try:
         for start in range(0, windows, batch_size):
             batch = all_windows[start:start + batch_size].to(device)
@@ -44,11 +44,11 @@ def validation_perplexity(model: nn.Module, run_dir: str | Path, batch_size: int
                 hidden = model.model(batch[:, :-1])
             hidden = hidden.to(torch.promote_types(hidden.dtype, torch.float32))  # head + softmax in float32
             batch_loss, batch_hits, batch_count = linear_cross_entropy_stats(hidden, model.lm_head.weight, batch[:, 1:])
-            loss_sum += float(batch_loss)
-            hits += int(batch_hits)
-            count += int(batch_count)
+            totals += torch.stack([batch_loss.double(), batch_hits.double(), batch_count.double()])
     finally:
         model.train(was_training)
+    loss_sum, hits, count = totals.tolist()
+    hits, count = int(hits), int(count)
     loss = loss_sum / count
     return {
         "metrics": {"perplexity": math.exp(loss), "loss": loss, "acc": hits / count},
