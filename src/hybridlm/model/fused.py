@@ -42,10 +42,6 @@ def _kernels(device_type: str):
     return kernels
 
 
-def available(x: torch.Tensor) -> bool:
-    return x.is_cuda and _kernels("cuda") is not None
-
-
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor | None:
     k = _kernels(x.device.type)
     return None if k is None else k["rms_norm"](x, weight, None, eps=eps)

@@ -20,10 +20,6 @@ class Slot:
     device: str                                   # "cpu" or "cuda:N" (N as this process numbers GPUs)
     env: dict[str, str] = field(default_factory=dict)
 
-    @property
-    def is_gpu(self) -> bool:
-        return self.device.startswith("cuda")
-
 
 def visible_gpu_count() -> int:
     try:

@@ -13,7 +13,7 @@ from hybridlm.sweep.devices import Slot
 from hybridlm.sweep.estimate import TimeEstimator, clock, eta_seconds, flops_per_token
 from hybridlm.sweep.plan import SweepPlan
 from hybridlm.sweep.specs import format_lr
-from hybridlm.sweep.state import disk_state
+from hybridlm.sweep.state import disk_state, member_results
 
 
 def describe_plan(plan: SweepPlan, slots: list[Slot]) -> str:
@@ -23,7 +23,7 @@ def describe_plan(plan: SweepPlan, slots: list[Slot]) -> str:
     for m in plan.members:
         state = states[m.name]
         if state is not None and state.action == "done":
-            results = _results(plan, m)
+            results = member_results(plan.member_dir(m))
             estimator.add(flops[m.name], results.get("tokens_processed") or m.tokens or 0,
                           m.wall_s or results.get("total_time_s"))
     approx = "" if estimator.measured else "~"
@@ -68,8 +68,3 @@ def _conditions_line(c: dict[str, Any]) -> str:
         text += f"\nalso different: {', '.join(c['also_differs'])}"
     return text
 
-
-def _results(plan: SweepPlan, member) -> dict[str, Any]:
-    from hybridlm.runs import RunDir
-
-    return (RunDir(plan.member_dir(member)).read_results() or {}).get("results", {})

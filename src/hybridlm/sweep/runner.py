@@ -12,7 +12,6 @@ import os
 import signal
 import sys
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from hybridlm.errors import ConfigError, HybridLMError
@@ -22,7 +21,7 @@ from hybridlm.sweep.job import MemberJob
 from hybridlm.sweep.plan import Member, SweepPlan
 from hybridlm.sweep.progress import Counts, SweepProgress
 from hybridlm.sweep.queue import SlotQueue
-from hybridlm.sweep.state import SweepLock, disk_state, merge_with_previous, write_sweep
+from hybridlm.sweep.state import SweepLock, disk_state, member_results, merge_with_previous, write_sweep
 
 
 @dataclass
@@ -107,7 +106,7 @@ def _jobs_to_run(ctx: SweepContext) -> list[MemberJob]:
         if state.action == "done":
             member.status, member.error = "done", None
             skipped += 1
-            results = _results(ctx.plan.member_dir(member))
+            results = member_results(ctx.plan.member_dir(member))
             ctx.estimator.add(ctx.flops_of(member), member.tokens or 0,
                               member.wall_s or results.get("total_time_s"))
             if ctx.needs_eval(member):
@@ -166,12 +165,6 @@ def _on_change(ctx: SweepContext, queue: SlotQueue, force: bool = False) -> None
         remaining.append(ctx.estimator.seconds(ctx.flops_of(m), m.tokens or 0))
     eta = eta_seconds(remaining, len(ctx.slots)) if (ctx.estimator.measured or not remaining) else None
     ctx.view.status(counts, eta, force=force)
-
-
-def _results(run_dir: Path) -> dict[str, Any]:
-    from hybridlm.runs import RunDir
-
-    return (RunDir(run_dir).read_results() or {}).get("results", {})
 
 
 def _refuse_pinned_devices(plan: SweepPlan) -> None:

@@ -117,12 +117,11 @@ class DiskState:
 
     action: str                 # "done" | "resume" | "fresh"
     step: int = 0
-    checkpoint: Path | None = None
 
 
 def disk_state(run_dir: Path, planned_steps: int | None) -> DiskState:
     run = RunDir(run_dir)
-    results = _read_json(run.results_file)
+    results = read_json_or_none(run.results_file)
     if results is not None:
         r = results.get("results", {})
         if r.get("steps") == planned_steps or (r.get("stopped_early") and r.get("steps")):
@@ -137,11 +136,17 @@ def disk_state(run_dir: Path, planned_steps: int | None) -> DiskState:
             except (HybridLMError, ValueError):
                 step = -1
             if step >= 0:
-                return DiskState("resume", step, checkpoint)
+                return DiskState("resume", step)
     return DiskState("fresh")
 
 
-def _read_json(path: Path) -> dict | None:
+def member_results(run_dir: Path) -> dict[str, Any]:
+    """The "results" block of a member's results.json ({} before it has finished)."""
+    return (RunDir(run_dir).read_results() or {}).get("results", {})
+
+
+def read_json_or_none(path: Path) -> dict | None:
+    """A JSON file's content, or None when it is missing or unreadable (a run still being written)."""
     try:
         return json.loads(path.read_text()) if path.is_file() else None
     except (OSError, json.JSONDecodeError):

@@ -6,7 +6,6 @@ reproduces the sweep's own ranking table exactly.
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Any
@@ -15,7 +14,9 @@ from hybridlm.atomic_write import write_json_atomic, write_text_atomic
 from hybridlm.reports import format_table, human_count
 from hybridlm.runs import RunDir
 from hybridlm.sweep.plan import Member, SweepPlan
+from hybridlm.sweep.estimate import clock
 from hybridlm.sweep.specs import format_lr
+from hybridlm.sweep.state import read_json_or_none
 
 SUMMARY_JSON = "summary.json"
 SUMMARY_MD = "summary.md"
@@ -30,7 +31,7 @@ TABLE_HEADERS = ["rank", "member", "layout", "attn %", "lr", "params", "best val
 def run_record(run_dir: Path, name: str | None = None) -> dict[str, Any]:
     """Everything the tables and plots need from one run directory (finished or not)."""
     run = RunDir(run_dir)
-    results = _read_json(run.results_file)
+    results = read_json_or_none(run.results_file)
     record: dict[str, Any] = {"rank": None, "name": name or run.path.name, "group": None, "layout": None,
                               "attention_pct": None, "lr": None, "params": None, "best_val_loss": None,
                               "best_step": None, "final_val_loss": None, "final_val_accuracy": None,
@@ -113,13 +114,6 @@ def _config_dict(run: RunDir) -> dict[str, Any] | None:
     try:
         return tomllib.loads(run.config_file.read_text())
     except (OSError, ValueError):
-        return None
-
-
-def _read_json(path: Path) -> dict | None:
-    try:
-        return json.loads(path.read_text()) if path.is_file() else None
-    except (OSError, json.JSONDecodeError):
         return None
 
 
@@ -215,8 +209,7 @@ def _duration(seconds: float | None) -> str:
     seconds = float(seconds)
     if seconds < 600:
         return f"{seconds:.1f}s"
-    s = int(seconds)
-    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
+    return clock(int(seconds))
 
 
 # -------------------------------------------------------------------------- files
