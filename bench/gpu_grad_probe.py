@@ -16,18 +16,10 @@ import torch
 import torch.nn.functional as F
 
 from hybridlm.ops import gdn_torch
-from hybridlm.verify import rel_error
+from hybridlm.verify import leaves_of, outputs_and_grads, rel_error
 
-DEVICE = "cuda" if torch.cuda.is_available() else "cpu"  # the CPU only dry-runs the script with fakes
-
-
-def _leaves(tensors):
-    return [t.detach().clone().requires_grad_() for t in tensors]
-
-
-def _grads(outputs, cotangents, leaves):
-    torch.autograd.backward(outputs, cotangents)
-    return [o.detach() for o in outputs] + [x.grad for x in leaves]
+# on a CPU the script only runs when FLA's functions are replaced by stand-ins (how it was checked here)
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def probe_op(dtype: torch.dtype, b=2, t=256, h=4, d=64) -> None:
@@ -43,25 +35,23 @@ def probe_op(dtype: torch.dtype, b=2, t=256, h=4, d=64) -> None:
     do, dstate = rand(b, t, h, d).to(dtype).double(), rand(b, h, d, d).float().double()
     names = ["o", "state", "dq", "dk", "dv", "dg", "dbeta", "dh0"]
 
-    ref_leaves = _leaves([q, k, v, g, beta, h0])
-    o, s = gdn_torch.naive_gated_delta_rule(*ref_leaves[:5], None, ref_leaves[5], True, True)
-    truth = _grads([o, s], [do, dstate], ref_leaves)
+    inputs, cotangents = [q, k, v, g, beta, h0], [do, dstate]
+    truth = outputs_and_grads(lambda x: list(gdn_torch.naive_gated_delta_rule(*x[:5], None, x[5], True, True)),
+                              leaves_of(inputs), cotangents)
+    # q, k, v, beta in the probe dtype; g and h0 in float32 (as the model passes them)
+    tested = [x.to(dtype) if i in (0, 1, 2, 4) else x.float() for i, x in enumerate(inputs)]
 
-    def cast(x, i):  # q, k, v, beta in the probe dtype; g and h0 in float32 (as the model passes them)
-        return x.to(dtype) if i in (0, 1, 2, 4) else x.float()
+    def fla(x, v_first):
+        o, s = chunk_gated_delta_rule(q=x[0], k=x[1], v=x[2], g=x[3], beta=x[4],
+                                      initial_state=x[5].transpose(-1, -2) if v_first else x[5],
+                                      output_final_state=True, use_qk_l2norm_in_kernel=True, state_v_first=v_first)
+        return [o, s.transpose(-1, -2) if v_first else s]
 
-    rows = {}
-    for label, v_first in (("fla state_v_first=False", False), ("fla state_v_first=True", True)):
-        leaves = _leaves([cast(x, i) for i, x in enumerate([q, k, v, g, beta, h0])])
-        state_in = leaves[5].transpose(-1, -2) if v_first else leaves[5]
-        o, s = chunk_gated_delta_rule(q=leaves[0], k=leaves[1], v=leaves[2], g=leaves[3], beta=leaves[4],
-                                      initial_state=state_in, output_final_state=True,
-                                      use_qk_l2norm_in_kernel=True, state_v_first=v_first)
-        s = s.transpose(-1, -2) if v_first else s
-        rows[label] = _grads([o, s], [do.to(o.dtype), dstate.to(s.dtype)], leaves)
-    leaves = _leaves([cast(x, i) for i, x in enumerate([q, k, v, g, beta, h0])])
-    o, s = gdn_torch.chunk_gated_delta_rule(*leaves[:5], None, leaves[5], True, True)
-    rows["torch chunk"] = _grads([o, s], [do.to(o.dtype), dstate.to(s.dtype)], leaves)
+    rows = {f"fla state_v_first={v_first}": outputs_and_grads(lambda x, v_first=v_first: fla(x, v_first),
+                                                               leaves_of(tested), cotangents)
+            for v_first in (False, True)}
+    rows["torch chunk"] = outputs_and_grads(
+        lambda x: list(gdn_torch.chunk_gated_delta_rule(*x[:5], None, x[5], True, True)), leaves_of(tested), cotangents)
     _print(f"A. op, {str(dtype)[6:]}, B={b} T={t} H={h} d={d}, vs naive float64", names, rows, truth)
 
 
@@ -77,14 +67,16 @@ def probe_training_call(b=1, t=1024, h=12, d=256) -> None:
     do = rand(b, t, h, d).to(torch.bfloat16).double()  # the bf16 output's cotangent, exactly
     names = ["o", "dq", "dk", "dv", "da", "db", "dA_log", "ddt_bias"]
 
-    ref = _leaves([q, k, v, a, bb, A_log, dt_bias])
-    gate = -ref[5].exp() * F.softplus(ref[3] + ref[6])
-    o, _ = gdn_torch.chunk_gated_delta_rule(ref[0], ref[1], ref[2], gate, ref[4].sigmoid(), None, None, False, True)
-    truth = _grads([o], [do], ref)
+    inputs = [q, k, v, a, bb, A_log, dt_bias]
 
-    leaves = _leaves([x.to(torch.bfloat16) if i < 5 else x.float() for i, x in enumerate([q, k, v, a, bb, A_log, dt_bias])])
-    o = fla_chunk_with_raw_gates(*leaves, allow_neg_eigval=False)
-    rows = {"fla raw gates (training call), bf16": _grads([o], [do.to(o.dtype)], leaves)}
+    def reference(x):  # the kernel's in-kernel gate, sigmoid and L2 norm, written out
+        gate = -x[5].exp() * F.softplus(x[3] + x[6])
+        return [gdn_torch.chunk_gated_delta_rule(x[0], x[1], x[2], gate, x[4].sigmoid(), None, None, False, True)[0]]
+
+    truth = outputs_and_grads(reference, leaves_of(inputs), [do])
+    tested = [x.to(torch.bfloat16) if i < 5 else x.float() for i, x in enumerate(inputs)]
+    rows = {"fla raw gates (training call), bf16": outputs_and_grads(
+        lambda x: [fla_chunk_with_raw_gates(*x, allow_neg_eigval=False)], leaves_of(tested), [do])}
     _print(f"B. training call, bf16, B={b} T={t} H={h} d={d}, vs float64", names, rows, truth)
 
 

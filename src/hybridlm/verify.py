@@ -59,11 +59,13 @@ def _op_inputs(b, t, h, d, dtype, with_state, device, seed):
     return [x.requires_grad_() for x in tensors]
 
 
-def _float64_leaves(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
-    return [x.detach().double().requires_grad_() for x in tensors]
+def leaves_of(tensors: list[torch.Tensor], dtype: torch.dtype | None = None) -> list[torch.Tensor]:
+    """Fresh autograd leaves holding the tensors' values (cast to `dtype` when given)."""
+    return [(x.detach().to(dtype) if dtype is not None else x.detach()).clone().requires_grad_() for x in tensors]
 
 
-def _outputs_and_grads(fn, leaves: list[torch.Tensor], cotangents: list[torch.Tensor]) -> list[torch.Tensor]:
+def outputs_and_grads(fn, leaves: list[torch.Tensor], cotangents: list[torch.Tensor]) -> list[torch.Tensor]:
+    """fn(leaves)'s outputs and the leaves' gradients for the given output cotangents."""
     outputs = fn(leaves)
     torch.autograd.backward(outputs, [c.to(o.dtype) for o, c in zip(outputs, cotangents)])
     return [o.detach() for o in outputs] + [x.grad for x in leaves]
@@ -96,10 +98,10 @@ def check_op(device: torch.device, dtypes: tuple[torch.dtype, ...] = (torch.bflo
                         return list(gated_delta_rule(*leaves[:5], initial_state=h0, output_final_state=True,
                                                      backend=backend, mode="chunk", use_qk_l2norm_in_kernel=True))
 
-                    truth = _outputs_and_grads(lambda leaves: run(leaves, "torch"), _float64_leaves(inputs), cotangents)
-                    ours = _outputs_and_grads(run, [x.detach().clone().requires_grad_() for x in inputs], cotangents)
-                    torch_same = _outputs_and_grads(lambda leaves: run(leaves, "torch"),
-                                                    [x.detach().clone().requires_grad_() for x in inputs], cotangents)
+                    truth = outputs_and_grads(lambda leaves: run(leaves, "torch"), leaves_of(inputs, torch.float64),
+                                              cotangents)
+                    ours = outputs_and_grads(run, leaves_of(inputs), cotangents)
+                    torch_same = outputs_and_grads(lambda leaves: run(leaves, "torch"), leaves_of(inputs), cotangents)
                     threshold = OP_THRESHOLDS[dtype]
                     for reference, ref_name, scale in ((truth, "float64", 1), (torch_same, "torch", 2)):
                         errors = [rel_error(x, y) for x, y in zip(ours, reference)]
