@@ -1,4 +1,5 @@
-"""`hybridlm compare` on hand-made run directories: sorting, eval columns, CSV, folders, errors."""
+"""`hybridlm compare` on hand-made run directories: sorting, eval columns, CSV, folders, errors,
+and the equal-conditions warning above the table."""
 
 import csv
 import json
@@ -6,14 +7,16 @@ import json
 import pytest
 
 from hybridlm.cli import main
-from hybridlm.config import preset
+from hybridlm.config import resolve
 from hybridlm.sweep.compare import compare
 from hybridlm.sweep.plots import pareto_front
 
 
-def make_run(path, layout, lr, best, final, tps, evals=None, finished=True):
+def make_run(path, layout, lr, best, final, tps, evals=None, finished=True, overrides=(), config=None):
     """A run directory as `hybridlm train` leaves it (config, metrics, results), without training."""
-    config = preset("tiny").with_overrides([f'model.layout="{layout}"', f"train.lr={lr}", f'run.name="{path.name}"'])
+    if config is None:
+        config = resolve(preset="tiny", overrides=[f'model.layout="{layout}"', f"train.lr={lr}",
+                                                   f'run.name="{path.name}"', *overrides])
     path.mkdir(parents=True)
     config.save(path / "config.toml")
     losses = [best + 0.5, best, final]
@@ -129,3 +132,83 @@ def test_curve_plot_gives_every_member_of_a_large_sweep_its_own_colour(tmp_path,
     monkeypatch.setattr(plots, "_save", capture)
     plots.plot_val_curves(records, tmp_path / "curves.png")
     assert len(styles) == 13 and len(set(styles)) == 13 and (tmp_path / "curves.png").stat().st_size > 0
+
+
+# ------------------------------------------------------------------ equal conditions
+def test_different_token_budgets_are_warned_above_the_table(tmp_path, capsys):
+    root = tmp_path / "runs"
+    make_run(root / "a", "GA", 3e-3, best=4.0, final=4.1, tps=1000, overrides=["train.max_steps=120"])
+    make_run(root / "b", "GG", 3e-3, best=4.5, final=4.6, tps=1000, overrides=["train.max_steps=120"])
+    make_run(root / "c", "AA", 1e-3, best=5.0, final=5.1, tps=1000, overrides=["train.max_steps=40"])
+    warning = ("WARNING: these runs were not trained under equal conditions, so the ranking compares unlike runs:\n"
+               "- tokens 61,440 (a, b) vs 20,480 (c)\n"
+               "- train.max_steps 120 (a, b) vs 40 (c)")
+    text, records = compare([root])
+    assert text.startswith(warning + "\n\n| rank ")
+    assert [r["name"] for r in records] == ["a", "b", "c"]  # still ranked, only warned
+    assert main(["compare", str(root), "--csv", str(tmp_path / "c.csv"), "--out", str(tmp_path / "report")]) == 0
+    printed = capsys.readouterr().out
+    assert printed.startswith(warning) and printed.index("WARNING") < printed.index("| rank ")
+    rows = {r["name"]: r["unequal_conditions"] for r in csv.DictReader(open(tmp_path / "c.csv"))}
+    assert rows == {"a": "tokens=61,440; train.max_steps=120", "b": "tokens=61,440; train.max_steps=120",
+                    "c": "tokens=20,480; train.max_steps=40"}
+    md = (tmp_path / "report" / "comparison.md").read_text()
+    assert "> " + warning.replace("\n", "\n> ") in md and md.index("> WARNING") < md.index("| rank ")
+
+
+def test_different_seq_len_and_data_source_are_warned(tmp_path):
+    root = tmp_path / "runs"
+    make_run(root / "a", "GA", 3e-3, best=4.0, final=4.1, tps=1000)
+    make_run(root / "b", "GG", 3e-3, best=4.5, final=4.6, tps=1000)
+    make_run(root / "c", "GA", 3e-3, best=5.0, final=5.1, tps=1000,
+             overrides=["data.seq_len=128", 'data.source="embedded"'])
+    lines = compare([root / "a", root / "b", root / "c"])[0].splitlines()
+    assert lines[0].startswith("WARNING: these runs were not trained under equal conditions")
+    assert lines[1:4] == ["- tokens 30,720 (a, b) vs 61,440 (c)",
+                          "- data.seq_len 64 (a, b) vs 128 (c)",
+                          '- data.source "embedded:shakespeare" (a, b) vs "embedded" (c)']
+    assert lines[4] == "" and lines[5].startswith("| rank ")
+
+
+def test_runs_differing_only_in_layout_and_lr_get_no_warning(runs):
+    from hybridlm.sweep.summary import ranking_table
+
+    text, records = compare([runs])
+    assert "WARNING" not in text and text == ranking_table(records)
+    assert all(r["unequal_conditions"] is None for r in records)
+
+
+def test_members_of_one_sweep_reproduce_its_table_without_warning(tmp_path):
+    from hybridlm.sweep.plan import BaseOptions, build_grid_plan
+    from hybridlm.sweep.state import load_plan, write_sweep
+    from hybridlm.sweep.summary import rank_records, ranking_table, sweep_records
+
+    small = ["train.eval_interval=4", "data.seq_len=32", "train.eval_batches=2", "train.max_steps=8"]
+    plan = build_grid_plan(BaseOptions(out=tmp_path / "sweep", preset="tiny", overrides=small),
+                           ["train.batch_size=[4,8]", "train.lr=[1e-3,2e-3]"])
+    write_sweep(plan)
+    for i, member in enumerate(plan.members[:3]):  # the last member is still planned: no run directory yet
+        make_run(plan.member_dir(member), "GA", member.lr, best=4.0 + i, final=4.1 + i, tps=1000,
+                 config=member.build_config())
+    text, records = compare([tmp_path / "sweep"])
+    assert text == ranking_table(rank_records(sweep_records(load_plan(tmp_path / "sweep"))))
+    assert len(records) == 4 and "WARNING" not in text
+    # the sweep varies batch size; a plain run next to it does not, so that difference is now a warning
+    make_run(tmp_path / "other", "GA", 1e-3, best=3.0, final=3.1, tps=1000, overrides=small)
+    text, _ = compare([tmp_path / "sweep", tmp_path / "other"])
+    assert text.startswith("WARNING: these runs were not trained under equal conditions")
+    assert "- train.batch_size 8 (other, " in text and "- tokens " in text
+
+
+def test_unreadable_config_is_reported_not_raised(runs, capsys):
+    (runs / "attn" / "config.toml").write_text("[train\nmax_steps = ")
+    assert main(["compare", str(runs)]) == 0
+    out = capsys.readouterr().out
+    first, second = out.splitlines()[:2]
+    assert first == "WARNING: could not check that these runs were trained under equal conditions:"
+    assert second.startswith("- cannot read the config of attn: config file ") and "not valid TOML" in second
+    assert second.endswith("; its conditions are unchecked") and "| hybrid " in out
+    (runs / "attn" / "config.toml").write_text("[train]\nbanana = 1\n")
+    text, records = compare([runs])
+    assert "unknown config key 'train.banana'" in text.splitlines()[1]
+    assert next(r for r in records if r["name"] == "attn")["unequal_conditions"].startswith("config unreadable: ")

@@ -2,12 +2,12 @@
 
 import pytest
 
-from hybridlm.config import Config, parse_assignment, preset
+from hybridlm.config import Config, parse_assignment, preset, resolve
 from hybridlm.errors import ConfigError
 
 
 def test_set_parses_toml_literals_with_types():
-    config = preset("h100_base").with_overrides(
+    config = resolve(preset="h100_base", overrides=
         ["train.lr=2e-3", "model.attention_layers=[5,11]", "train.max_steps=300", "data.source=embedded:kjv_bible",
          "model.attention.window_size=none", "train.compile=true"])
     assert config.train.lr == 2e-3 and isinstance(config.train.lr, float)
@@ -17,14 +17,14 @@ def test_set_parses_toml_literals_with_types():
 
 
 def test_layout_string_replaces_attention_list_and_back():
-    config = preset("h100_hybrid_sparse").with_overrides(["model.layout=AAAAAAAAAAAA"])
+    config = resolve(preset="h100_hybrid_sparse", overrides=["model.layout=AAAAAAAAAAAA"])
     assert config.model.attention_layers == [] and config.model.attention_fraction == 1.0
-    back = config.with_overrides(["model.attention_layers=[11]"])
+    back = resolve(base=config, overrides=["model.attention_layers=[11]"])
     assert back.model.layout is None and back.model.layout_string == "G" * 11 + "A"
 
 
 def test_qwen3_next_aliases():
-    config = preset("h100_base").with_overrides(
+    config = resolve(preset="h100_base", overrides=
         ["model.linear_num_key_heads=6", "model.linear_key_head_dim=128", "model.linear_value_head_dim=256",
          "model.linear_num_value_heads=12", "model.linear_conv_kernel_dim=3"])
     m = config.model
@@ -44,12 +44,12 @@ def test_qwen3_next_aliases():
 ])
 def test_bad_overrides_are_one_line_errors(assignment, fragment):
     with pytest.raises(ConfigError) as info:
-        preset("tiny").with_overrides([assignment])
+        resolve(preset="tiny", overrides=[assignment])
     assert fragment in str(info.value) and "\n" not in str(info.value)
 
 
 def test_toml_round_trip(tmp_path):
-    config = preset("h100_hybrid_25").with_overrides(["train.lr=5e-4", "run.name=x"])
+    config = resolve(preset="h100_hybrid_25", overrides=["train.lr=5e-4", "run.name=x"])
     path = tmp_path / "c.toml"
     config.save(path)
     again = Config.load(path)
@@ -83,7 +83,7 @@ def test_unknown_preset_suggests_names():
 
 def test_unset_fields_survive_loading_over_a_preset(tmp_path):
     """A saved config is complete: loading it on top of a preset must not restore the preset's values."""
-    config = preset("h100_hybrid_sparse").with_overrides(["model.attention.window_size=none"])
+    config = resolve(preset="h100_hybrid_sparse", overrides=["model.attention.window_size=none"])
     path = tmp_path / "c.toml"
     config.save(path)
     assert 'window_size = "none"' in path.read_text()

@@ -2,6 +2,8 @@
 
 import json
 import math
+import os
+import signal
 
 import numpy as np
 import pytest
@@ -9,6 +11,7 @@ import torch
 
 from hybridlm.cli import main
 from hybridlm.config import preset
+from hybridlm.errors import TrainingInterrupted
 from hybridlm.runs import RunDir, load_run
 from hybridlm.train import train
 from hybridlm.train.trainer import Trainer
@@ -89,16 +92,17 @@ def test_resume_is_bit_identical_to_uninterrupted(tmp_path, monkeypatch):
 
     original = Trainer._clip_and_step
 
-    def interrupt_at_20(self):
-        if self.state.step == 20:
-            raise KeyboardInterrupt
-        return original(self)
+    def interrupt_at_20(self, loss):
+        if self.state.step == 20:  # Ctrl-C in the middle of step 21: that step finishes, then it saves
+            os.kill(os.getpid(), signal.SIGINT)
+        return original(self, loss)
 
     monkeypatch.setattr(Trainer, "_clip_and_step", interrupt_at_20)
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(TrainingInterrupted) as stopped:
         train(config, out=tmp_path / "interrupted", progress=False)
+    assert stopped.value.exit_code == 130 and "at step 21" in str(stopped.value)
     monkeypatch.setattr(Trainer, "_clip_and_step", original)
-    assert (tmp_path / "interrupted" / "checkpoints" / "step_000020").is_dir()
+    assert (tmp_path / "interrupted" / "checkpoints" / "step_000021").is_dir()
     resumed = train(resume=tmp_path / "interrupted", progress=False)
 
     def losses(path):

@@ -20,40 +20,48 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
 
 
 def build_config(args):
-    from hybridlm.config import Config, preset
+    from hybridlm.config import resolve
 
-    config = preset(args.preset) if args.preset else Config()
-    if args.config:
-        config = Config.load(args.config, base=config)
-    if getattr(args, "fla_path", None):
-        args.overrides = [*args.overrides, f"fla.path={_toml_string(args.fla_path)}"]
-    return config.with_overrides(args.overrides)
+    return resolve(preset=args.preset, file=args.config, overrides=args.overrides)
 
 
-def _toml_string(text: str) -> str:
-    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+def _fla_path(args) -> str | None:
+    """The FLA clone named on this command line (--fla-path, or --set fla.path=...), else None."""
+    from hybridlm.config import parse_assignment
+
+    path = getattr(args, "fla_path", None)
+    for assignment in getattr(args, "overrides", []):
+        key, value = parse_assignment(assignment)
+        if key == "fla.path" and value:
+            path = path or str(value)
+    return path
 
 
 # ---------------------------------------------------------------- subcommands
 def cmd_train(args) -> int:
+    from hybridlm.errors import ConfigError
+    from hybridlm.reports import print_results
     from hybridlm.train import train
 
     if args.resume:
-        config = build_config(args) if (args.overrides or args.config or args.preset) else None
-        if config is not None and (args.config or args.preset):
-            print("note: --resume uses the run's own config; only train.max_steps is taken from the new one",
-                  file=sys.stderr)
-        results = train(config, resume=args.resume, extend_steps=args.extend_steps, progress=args.progress)
+        if args.overwrite:
+            raise ConfigError("--overwrite starts a new run; it cannot be combined with --resume")
+        from hybridlm.config import resume_changes
+        from hybridlm.runs import find_run_dir, load_run_config
+
+        saved = load_run_config(find_run_dir(args.resume)[0])
+        config = resume_changes(saved, preset=args.preset, file=args.config, overrides=args.overrides)
+        results = train(config, resume=args.resume, extend_steps=args.extend_steps, progress=args.progress,
+                        fla_path=_fla_path(args))
+        if "nothing_to_train" in results:
+            print(results["nothing_to_train"])
+            return 0
     else:
         if args.extend_steps is not None:
-            from hybridlm.errors import ConfigError
-
             raise ConfigError("--extend-steps needs --resume DIR (the finished run to continue)")
         config = build_config(args)
         out = args.out or str(Path("runs") / (config.run.name or args.preset or "run"))
-        results = train(config, out=out, progress=args.progress)
-    from hybridlm.reports import print_results
-
+        results = train(config, out=out, progress=args.progress, overwrite=args.overwrite, fla_path=_fla_path(args))
     print_results(results)
     return 0
 
@@ -135,6 +143,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="run directory (default runs/<name>)")
     p.add_argument("--resume", help="run directory or checkpoint to resume from")
     p.add_argument("--extend-steps", type=int, help="continue a finished run to this many total steps")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the run already in --out (its checkpoints, metrics and plots are deleted)")
     p.add_argument("--fla-path", help="local flash-linear-attention clone to import fla from")
     _add_progress_args(p)
     p.set_defaults(func=cmd_train)
@@ -203,12 +213,15 @@ def _add_extension_commands(sub) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from hybridlm.errors import HybridLMError
+    from hybridlm.errors import HybridLMError, TrainingInterrupted
 
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         return args.func(args)
+    except TrainingInterrupted as exc:
+        print(f"{exc}", file=sys.stderr)
+        return exc.exit_code
     except HybridLMError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -28,3 +28,19 @@ class CheckpointError(HybridLMError):
 
 class BackendError(HybridLMError, RuntimeError):
     """A kernel backend was requested that cannot run here (e.g. FLA missing, or tensors on CPU)."""
+
+
+class NonFiniteError(HybridLMError):
+    """A loss, gradient or weight became NaN / inf: the run stops (or refuses to load) instead of going on."""
+
+
+class RunLockedError(HybridLMError):
+    """Another process is writing this run directory; two writers would mix their checkpoints and metrics."""
+
+
+class TrainingInterrupted(HybridLMError):
+    """SIGINT / SIGTERM stopped training after a consistent checkpoint; `exit_code` is 130 / 143."""
+
+    def __init__(self, message: str, exit_code: int):
+        super().__init__(message)
+        self.exit_code = exit_code

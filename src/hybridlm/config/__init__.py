@@ -9,4 +9,6 @@ __all__ = ["Config", "ModelConfig", "AttentionConfig", "DataConfig", "TrainConfi
            "FlaConfig", "parse_assignment", "set_value"]
 from hybridlm.config.presets import PRESETS, preset, preset_names  # noqa: E402
 
-__all__ += ["PRESETS", "preset", "preset_names"]
+from hybridlm.config.resolve import RESUME_SAFE_KEYS, changed_keys, resolve, resume_changes  # noqa: E402
+
+__all__ += ["PRESETS", "preset", "preset_names", "resolve", "resume_changes", "changed_keys", "RESUME_SAFE_KEYS"]

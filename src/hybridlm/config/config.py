@@ -16,8 +16,9 @@ from pathlib import Path
 from typing import Any
 
 from hybridlm.config.data_config import DataConfig
+from hybridlm.config.read_only import ReadOnlyWhenResolved
 from hybridlm.config.model_config import AttentionConfig, ModelConfig, apply_gdn_aliases
-from hybridlm.config.train_config import PRECISIONS, SCHEDULES, FlaConfig, RunConfig, TrainConfig
+from hybridlm.config.train_config import NAN_POLICIES, PRECISIONS, SCHEDULES, FlaConfig, RunConfig, TrainConfig
 from hybridlm.errors import ConfigError
 
 if sys.version_info >= (3, 11):
@@ -29,7 +30,7 @@ SECTIONS = ("model", "data", "train", "run", "fla")
 
 
 @dataclass
-class Config:
+class Config(ReadOnlyWhenResolved):
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -40,7 +41,7 @@ class Config:
         self.model.validate()
         t, d = self.train, self.data
         for name in ("max_steps", "batch_size", "grad_accum", "eval_interval", "eval_batches",
-                     "save_interval", "log_interval", "keep_checkpoints"):
+                     "save_interval", "log_interval", "keep_checkpoints", "nan_max_skips"):
             if getattr(t, name) <= 0:
                 raise ConfigError(f"train.{name} must be positive, got {getattr(t, name)}")
         if t.warmup_steps < 0:
@@ -53,12 +54,21 @@ class Config:
             raise ConfigError(f"train.precision must be one of {', '.join(PRECISIONS)}; got {t.precision!r}")
         if t.schedule not in SCHEDULES:
             raise ConfigError(f"train.schedule must be one of {', '.join(SCHEDULES)}; got {t.schedule!r}")
+        if t.nan_policy not in NAN_POLICIES:
+            raise ConfigError(f"train.nan_policy must be one of {', '.join(NAN_POLICIES)}; got {t.nan_policy!r}")
+        check_run_name(self.run.name)
         if d.seq_len <= 0:
             raise ConfigError(f"data.seq_len must be positive, got {d.seq_len}")
         if not 0 < d.val_fraction < 1:
             raise ConfigError(f"data.val_fraction must be within (0, 1), got {d.val_fraction}")
         if d.on_exhausted not in ("repeat", "stop"):
             raise ConfigError(f"data.on_exhausted must be 'repeat' or 'stop', got {d.on_exhausted!r}")
+        return self
+
+    def freeze(self) -> "Config":
+        """Make this config read-only (what `resolve` returns); `copy()` gives a writable one."""
+        for section in (self, self.model, self.model.attention, self.data, self.train, self.run, self.fla):
+            section._mark_resolved()
         return self
 
     # ------------------------------------------------------------------ dicts
@@ -104,17 +114,17 @@ class Config:
     def copy(self) -> "Config":
         return Config.from_dict(_none_as_word(self.to_dict()))
 
-    def with_overrides(self, assignments: list[str]) -> "Config":
-        """Apply `section.key=value` strings (values parsed as TOML literals) to a copy."""
-        config = self.copy()
-        for assignment in assignments:
-            key, value = parse_assignment(assignment)
-            set_value(config, key, value, validate=False)
-        config.model.__post_init__()
-        return config.validate()
-
 
 NONE_WORDS = ("none", "null")
+
+
+def check_run_name(name: str) -> None:
+    """A run name names a directory under the runs root; it must not lead anywhere else."""
+    if not isinstance(name, str):
+        raise ConfigError(f"run.name must be a string, got {name!r}")
+    if "/" in name or "\\" in name or "\0" in name or ".." in name or name == ".":
+        raise ConfigError(f"run.name {name!r} is not a plain name (no '/', '\\' or '..'); it names a directory "
+                          "under runs/, choose the output path with --out")
 
 
 def _none_as_word(value: Any) -> Any:

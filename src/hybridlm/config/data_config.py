@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from hybridlm.config.read_only import ReadOnlyWhenResolved
+
 
 @dataclass
-class DataConfig:
+class DataConfig(ReadOnlyWhenResolved):
     """Where the text comes from and how it becomes token windows.
 
     `source` forms: ``embedded`` (the shipped corpus, all four books), ``embedded:shakespeare``

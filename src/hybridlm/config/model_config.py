@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+from hybridlm.config.read_only import ReadOnlyWhenResolved
 from hybridlm.errors import ConfigError
 
 GDN, ATTENTION = "G", "A"
@@ -26,7 +27,7 @@ GDN_ALIASES = {
 
 
 @dataclass
-class AttentionConfig:
+class AttentionConfig(ReadOnlyWhenResolved):
     """Softmax attention layers (FLA's `attn` dict): heads, GQA, sliding window, RoPE."""
 
     num_heads: int = 12
@@ -41,7 +42,7 @@ class AttentionConfig:
 
 
 @dataclass
-class ModelConfig:
+class ModelConfig(ReadOnlyWhenResolved):
     """A hybrid GDN / attention decoder. `layout` or `attention_layers` places the attention."""
 
     vocab_size: int = 50257

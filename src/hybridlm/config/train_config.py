@@ -4,12 +4,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from hybridlm.config.read_only import ReadOnlyWhenResolved
+
 PRECISIONS = ("auto", "fp32", "bf16", "bf16-pure")
+NAN_POLICIES = ("stop", "skip")
 SCHEDULES = ("linear", "cosine", "constant")
 
 
 @dataclass
-class TrainConfig:
+class TrainConfig(ReadOnlyWhenResolved):
     """AdamW with warmup then decay to `min_lr_ratio * lr`; defaults follow the reference runs."""
 
     max_steps: int = 1000
@@ -35,12 +38,16 @@ class TrainConfig:
     precision: str = "auto"
     device: str = "auto"
     compile: bool = False
+    # a non-finite loss or gradient norm: "stop" the run (weights are never saved non-finite), or
+    # "skip" that update (counted in the metrics) and stop after `nan_max_skips` in a row
+    nan_policy: str = "stop"
+    nan_max_skips: int = 10
     tensorboard: bool = False
     wandb_project: str | None = None
 
 
 @dataclass
-class RunConfig:
+class RunConfig(ReadOnlyWhenResolved):
     """What the run is called; the output directory is given on the command line or to `train`."""
 
     name: str = ""
@@ -48,7 +55,7 @@ class RunConfig:
 
 
 @dataclass
-class FlaConfig:
+class FlaConfig(ReadOnlyWhenResolved):
     """Where `import fla` should come from: pip (path unset) or a local clone of the repository."""
 
     path: str | None = None

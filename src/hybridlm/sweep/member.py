@@ -28,7 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     if len(argv) >= 2 and argv[0] == "--error-file":
         error_file, argv = Path(argv[1]), argv[2:]
     from hybridlm.cli import build_parser
-    from hybridlm.errors import HybridLMError
+    from hybridlm.errors import HybridLMError, TrainingInterrupted
 
     parser = build_parser()
     captured = io.StringIO()
@@ -44,6 +44,10 @@ def main(argv: list[str] | None = None) -> int:
     sys.stderr.write(captured.getvalue())
     try:
         return int(args.func(args) or 0)
+    except TrainingInterrupted as exc:
+        print(f"{exc}", file=sys.stderr)
+        _record(error_file, str(exc))
+        return exc.exit_code
     except HybridLMError as exc:
         print(f"error: {exc}", file=sys.stderr)
         _record(error_file, str(exc))

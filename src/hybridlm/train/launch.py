@@ -7,26 +7,57 @@ All checks that can fail (output directory, data, checkpoint, FLA source) run be
 from __future__ import annotations
 
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from hybridlm.config import Config
-from hybridlm.errors import CheckpointError, ConfigError
+from hybridlm.config import RESUME_SAFE_KEYS, Config, changed_keys, resolve
+from hybridlm.errors import BackendError, CheckpointError, ConfigError
+from hybridlm.fla_source import ENV_VAR as FLA_ENV_VAR
 from hybridlm.fla_source import activate_fla_source
 from hybridlm.runs import RunDir, find_run_dir, load_run_config
+from hybridlm.runs.writer import RunLock, clear_run, describe_run, holds_run
 from hybridlm.runs.checkpoint import read_trainer_state
 from hybridlm.runs.environment import environment_info
 from hybridlm.train.distributed import process_info
 from hybridlm.train.precision import resolve_device, resolve_precision
+from hybridlm.train.signals import GracefulStop
 
 
 def train(config: Config | None = None, out: str | Path | None = None, resume: str | Path | None = None,
-          extend_steps: int | None = None, progress: bool | None = None) -> dict[str, Any]:
-    """Train (or resume / extend) a run and return its results.json content."""
+          extend_steps: int | None = None, progress: bool | None = None, overwrite: bool = False,
+          fla_path: str | None = None) -> dict[str, Any]:
+    """Train (or resume / extend) a run and return its results.json content.
+
+    A fresh run refuses an `out` that already holds a run unless `overwrite` (which replaces it
+    whole). `resume` continues DIR from its own config: `config`, if given, may differ from it only
+    in RESUME_SAFE_KEYS, and `extend_steps` is the one way to train longer. A finished run with
+    nothing left to train is returned as it is, untouched. Only `fla_path` (or HYBRIDLM_FLA_PATH)
+    puts a local FLA clone on sys.path; a config's `fla.path` is a record, never activated.
+    """
     run, config, checkpoint = _resolve_run(config, out, resume, extend_steps)
-    fla = activate_fla_source(config.fla.path)
+    if checkpoint is not None:
+        step = int(read_trainer_state(checkpoint).get("step", 0))
+        if step >= config.train.max_steps:
+            results = run.read_results() or {}
+            return {**results, "nothing_to_train": f"{run.path} has trained {step} of {config.train.max_steps} "
+                                                    "steps; nothing left to train (use --extend-steps N to go on)"}
+    with GracefulStop() as stop, RunLock(run.path):
+        if checkpoint is None and holds_run(run.path):
+            if not overwrite:
+                raise ConfigError(f"{run.path} already holds a run ({describe_run(run.path)}); use --resume "
+                                  f"{run.path} to continue it, or --overwrite to replace it")
+            clear_run(run.path)
+        return _train_locked(run, config, checkpoint, progress, fla_path, stop)
+
+
+def _train_locked(run: RunDir, config: Config, checkpoint: Path | None, progress: bool | None,
+                  fla_path: str | None, stop: GracefulStop) -> dict[str, Any]:
+    fla = activate_fla_source(fla_path)
+    config = _record_fla_source(config, fla)
+    previous_time = _previous_total_time(run) if checkpoint is not None else 0.0  # read before training
     run.prepare()
 
     from hybridlm.data import TrainSampler, prepare_data, validation_batches
@@ -41,8 +72,7 @@ def train(config: Config | None = None, out: str | Path | None = None, resume: s
                           "wired in yet; run one process per GPU with `hybridlm sweep --devices` instead")
     data = prepare_data(config.data, progress=progress is not False and proc.is_main)
     if config.model.vocab_size != data.tokenizer.vocab_size:
-        config.model.vocab_size = data.tokenizer.vocab_size
-    config.validate()
+        config = resolve(base=config, values={"model.vocab_size": data.tokenizer.vocab_size})
     device = resolve_device(config.train.device)
     precision = resolve_precision(config.train.precision, device)
     kernel_backend = resolve_backend(config.model.kernels, device)
@@ -58,13 +88,14 @@ def train(config: Config | None = None, out: str | Path | None = None, resume: s
                            pin_memory=device.type == "cuda")
     val = validation_batches(data.val_tokens, config.train.batch_size, config.data.seq_len,
                              config.train.eval_batches)
-    trainer = Trainer(config, run, model, precision, sampler, val, kernel_backend, progress=progress)
+    trainer = Trainer(config, run, model, precision, sampler, val, kernel_backend, progress=progress, stop=stop)
     if checkpoint is not None:
         trainer.restore(checkpoint)
         run.truncate_metrics(after_step=trainer.state.step)
         trainer.progress.write(f"resumed from {checkpoint} at step {trainer.state.step}")
     else:
         run.metrics_file.unlink(missing_ok=True)
+    stop.arm()
     started = time.perf_counter()
     trainer.fit()
     wall = time.perf_counter() - started
@@ -85,7 +116,7 @@ def train(config: Config | None = None, out: str | Path | None = None, resume: s
         },
         "data": {k: data.manifest.get(k) for k in ("source", "tokenizer", "vocab_size", "train_tokens",
                                                      "val_tokens", "train_documents", "val_documents")},
-        "results": {**summary["results"], "total_time_s": _total_time(run, wall, checkpoint)},
+        "results": {**summary["results"], "total_time_s": previous_time + wall},
         "environment": {**environment_info(device, kernel_backend), "precision": precision.name, "fla": fla},
     }
     results["hybridlm_commit"] = results["environment"]["hybridlm_commit"]
@@ -103,9 +134,15 @@ def _resolve_run(config: Config | None, out, resume, extend_steps) -> tuple[RunD
             raise ConfigError("train needs a config (or --preset) unless it resumes a run")
         if out is None:
             raise ConfigError("train needs an output directory (--out DIR)")
-        return RunDir(out), config.copy().validate(), None
+        return RunDir(out), resolve(base=config), None
     run, explicit = find_run_dir(resume)
     saved = load_run_config(run)
+    if config is not None:
+        refused = [k for k in changed_keys(saved, config) if k not in RESUME_SAFE_KEYS]
+        if refused:
+            raise ConfigError(f"a resumed run keeps its own config; it differs in {', '.join(refused[:5])}. Only "
+                              f"{', '.join(RESUME_SAFE_KEYS)} may change on resume (--extend-steps N trains longer)")
+        saved = config
     checkpoint = explicit or run.latest_resumable()
     if checkpoint is None:
         raise CheckpointError(f"{run.path} has no checkpoint with optimizer state to resume from")
@@ -113,16 +150,31 @@ def _resolve_run(config: Config | None, out, resume, extend_steps) -> tuple[RunD
     if extend_steps is not None:
         if extend_steps <= step:
             raise ConfigError(f"--extend-steps {extend_steps} must exceed the run's current step {step}")
-        saved.train.max_steps = extend_steps
-    elif config is not None and config.train.max_steps != saved.train.max_steps:
-        saved.train.max_steps = config.train.max_steps
-    return run, saved.validate(), checkpoint
+        saved = resolve(base=saved, values={"train.max_steps": extend_steps})
+    return run, resolve(base=saved), checkpoint
 
 
-def _total_time(run: RunDir, wall: float, checkpoint: Path | None) -> float:
-    previous = 0.0
-    if checkpoint is not None:
-        old = run.read_results()
-        if old and old.get("results", {}).get("total_time_s") is not None:
-            previous = float(old["results"]["total_time_s"])
-    return previous + wall
+def _record_fla_source(config: Config, fla: dict) -> Config:
+    """The config records the FLA clone actually in use; a different saved clone is reported, never imported."""
+    active = str(Path(fla["path"]).parent) if fla.get("source") == "local_clone" and fla.get("path") else None
+    saved = config.fla.path
+    if saved and (active is None or Path(saved).expanduser().resolve() != Path(active).resolve()):
+        using = f"the local clone {active}" if active else f"FLA from {fla.get('source')}"
+        message = (f"the config names fla.path = {saved}, which is not activated (only --fla-path or "
+                   f"{FLA_ENV_VAR} put a clone on the import path); using {using}")
+        if config.model.kernels == "fla":
+            raise BackendError(message + "; with model.kernels = 'fla' that would change the kernels, so this "
+                               "stops here: pass --fla-path to use that clone")
+        warnings.warn(message, stacklevel=3)
+    if active == saved:
+        return config
+    return resolve(base=config, values={"fla.path": active})
+
+
+def _previous_total_time(run: RunDir) -> float:
+    old = run.read_results()
+    if old and old.get("results", {}).get("total_time_s") is not None:
+        return float(old["results"]["total_time_s"])
+    return 0.0
+
+

@@ -25,10 +25,12 @@ from hybridlm.ops.cross_entropy import linear_cross_entropy_stats
 from hybridlm.runs.run_dir import RunDir
 from hybridlm.runs import checkpoint as ckpt
 from hybridlm.train.distributed import process_info
+from hybridlm.train.nonfinite import NonFiniteGuard
 from hybridlm.train.optim import build_optimizer
 from hybridlm.train.precision import Precision
 from hybridlm.train.progress import Progress
 from hybridlm.train.schedule import lr_at
+from hybridlm.train.signals import GracefulStop
 
 PEAK_BF16_FLOPS = {"H100": 989e12, "H200": 989e12, "H800": 989e12, "A100": 312e12, "L40S": 362e12,
                    "RTX 4090": 165e12}
@@ -52,6 +54,8 @@ class TrainState:
     best_step: int = -1
     last_eval: dict | None = None
     sampler: dict | None = None
+    interval: dict | None = None     # the log interval in progress: loss_sum, steps, tokens
+    nonfinite: dict | None = None    # the guard's counters (skipped updates)
 
     def to_json(self) -> dict[str, Any]:
         out = dict(self.__dict__)
@@ -69,7 +73,8 @@ class TrainState:
 
 class Trainer:
     def __init__(self, config: Config, run: RunDir, model: HybridLM, precision: Precision, sampler,
-                 val_batches: list[torch.Tensor], kernel_backend: str, progress: bool | None = None):
+                 val_batches: list[torch.Tensor], kernel_backend: str, progress: bool | None = None,
+                 stop: GracefulStop | None = None):
         self.config = config
         self.run = run
         self.model = model
@@ -88,6 +93,8 @@ class Trainer:
         self.peak_flops = peak_flops(self.device)
         self.progress = Progress(total=t.max_steps, enabled=progress, is_main=self.proc.is_main)
         self.stopped_early: str | None = None
+        self.stop = stop if stop is not None else GracefulStop()  # a never-signalled one: stop.requested False
+        self.guard = NonFiniteGuard(t.nan_policy, t.nan_max_skips, self.device)
         self.interval_rates: list[float] = []  # tokens/s of each log interval of this process
         self._writers: list = []
 
@@ -99,80 +106,95 @@ class Trainer:
         self.state = TrainState.from_json(ckpt.read_trainer_state(checkpoint))
         if self.state.sampler is not None:
             self.sampler.load_state_dict(self.state.sampler)
+        self.guard.load_state_dict(self.state.nonfinite)
 
     # ------------------------------------------------------------------- loop
     def fit(self) -> dict[str, Any]:
+        """Train to `max_steps`; a SIGINT / SIGTERM ends the step in flight, saves, and raises TrainingInterrupted."""
         t = self.config.train
-        model = self.model
-        model.train()
+        self.model.train()
         self._open_writers()
         self.progress.start(self.state.step)
-        interval_loss = torch.zeros((), device=self.device)
-        interval_steps, interval_start = 0, time.perf_counter()
-        interval_tokens = 0
-        sampler_at_step_start = self.sampler.state_dict()
-        try:
-            while self.state.step < t.max_steps:
-                lr = lr_at(self.state.step, t.lr, t.warmup_steps, t.max_steps, t.schedule, t.min_lr_ratio)
-                for group in self.optimizer.param_groups:
-                    group["lr"] = lr
-                sampler_at_step_start = self.sampler.state_dict()
-                try:
-                    loss = self._train_step()
-                except DataExhausted as exc:
-                    self.stopped_early = str(exc)
-                    self.progress.write(f"stopping: {exc}")
-                    break
-                grad_norm = self._clip_and_step()
-                self.state.step += 1
-                self.state.tokens += self.tokens_per_step
-                interval_loss += loss
-                interval_steps += 1
-                interval_tokens += self.tokens_per_step
-                step = self.state.step
-                last = step == t.max_steps
-                if step % t.log_interval == 0 or last:
-                    mean_loss = (interval_loss / interval_steps).item()  # the one host sync per interval
-                    elapsed = time.perf_counter() - interval_start
-                    self.state.train_time_s += elapsed
-                    tps = interval_tokens / max(elapsed, 1e-9)
-                    self.interval_rates.append(tps)
-                    record = {"event": "train", "step": step, "loss": mean_loss, "lr": lr,
-                              "grad_norm": float(grad_norm), "tokens": self.state.tokens,
-                              "tokens_per_s": tps, "time_s": self.state.train_time_s}
-                    if self.peak_flops:
-                        record["mfu"] = tps * self.flops_per_token / self.peak_flops
-                    self._log(record)
-                    self.progress.update(step, loss=mean_loss, lr=lr, tokens_per_s=tps)
-                    interval_loss.zero_()
-                    interval_steps, interval_tokens = 0, 0
-                paused = time.perf_counter()  # evaluation and checkpoints do not count as training time
-                if step % t.eval_interval == 0 or last:
-                    self._evaluate_and_keep_best()
-                if step % t.save_interval == 0 and not last:
-                    self._save(self.run.checkpoint(self.run.step_name(step)), with_optimizer=True)
-                    self.run.prune_step_checkpoints(t.keep_checkpoints)
-                interval_start += time.perf_counter() - paused
-                if interval_steps == 0:
-                    interval_start = time.perf_counter()
-        except KeyboardInterrupt:
-            if interval_steps:
+        saved = self.state.interval or {}
+        # the log interval in progress (restored on resume, so the resumed run logs the same means)
+        interval = self.interval = {
+            "loss": torch.tensor(float(saved.get("loss_sum", 0.0)), device=self.device),  # of the finite steps
+            "finite": torch.tensor(int(saved.get("finite", 0)), device=self.device),
+            "steps": int(saved.get("steps", 0)), "tokens": int(saved.get("tokens", 0))}
+        interval_start = time.perf_counter()
+        while self.state.step < t.max_steps and not self.stop.requested:
+            lr = lr_at(self.state.step, t.lr, t.warmup_steps, t.max_steps, t.schedule, t.min_lr_ratio)
+            for group in self.optimizer.param_groups:
+                group["lr"] = lr
+            try:
+                loss = self._train_step()
+            except DataExhausted as exc:
+                self.stopped_early = str(exc)
+                self.progress.write(f"stopping: {exc}")
+                break
+            grad_norm, finite = self._clip_and_step(loss)
+            self.state.step += 1
+            self.state.tokens += self.tokens_per_step
+            step = self.state.step
+            self.guard.record(step, finite)
+            interval["loss"] += torch.where(finite, loss, 0.0)
+            interval["finite"] += finite
+            interval["steps"] += 1
+            interval["tokens"] += self.tokens_per_step
+            last = step == t.max_steps
+            if step % t.log_interval == 0 or last:
+                skipped = self.guard.check(self._last_good)  # the one host sync per interval
+                finite_steps = int(interval["finite"])
+                mean_loss = (interval["loss"] / finite_steps).item() if finite_steps else None  # all skipped
+                elapsed = time.perf_counter() - interval_start
+                self.state.train_time_s += elapsed
+                tps = interval["tokens"] / max(elapsed, 1e-9)
+                self.interval_rates.append(tps)
+                record = {"event": "train", "step": step, "loss": mean_loss, "lr": lr,
+                          "grad_norm": float(grad_norm), "tokens": self.state.tokens,
+                          "tokens_per_s": tps, "time_s": self.state.train_time_s}
+                if t.nan_policy == "skip":
+                    record["skipped_updates"] = skipped
+                if self.peak_flops:
+                    record["mfu"] = tps * self.flops_per_token / self.peak_flops
+                self._log(record)
+                self.progress.update(step, loss=mean_loss if mean_loss is not None else math.nan, lr=lr, tokens_per_s=tps)
+                interval["loss"].zero_()
+                interval["finite"].zero_()
+                interval["steps"], interval["tokens"] = 0, 0
+            paused = time.perf_counter()  # evaluation and checkpoints do not count as training time
+            if step % t.eval_interval == 0 or last:
+                self._evaluate_and_keep_best()
+            if step % t.save_interval == 0 and not last:
+                self._save(self.run.checkpoint(self.run.step_name(step)), with_optimizer=True)
+                self.run.prune_step_checkpoints(t.keep_checkpoints)
+            interval_start += time.perf_counter() - paused
+            if interval["steps"] == 0:
+                interval_start = time.perf_counter()
+        if self.stop.requested and self.state.step < t.max_steps:  # (at the last step: finish normally)
+            if interval["steps"]:
                 self.state.train_time_s += time.perf_counter() - interval_start
-            # the step in flight is dropped: its batches are drawn again after resuming
-            self.optimizer.zero_grad(set_to_none=True)
-            self.sampler.load_state_dict(sampler_at_step_start)
             self.progress.close()
             path = self._save(self.run.checkpoint(self.run.step_name(self.state.step)), with_optimizer=True)
-            self.run.prune_step_checkpoints(self.config.train.keep_checkpoints)
-            print(f"\ninterrupted at step {self.state.step}; saved {path}. "
-                  f"Resume with: hybridlm train --resume {self.run.path}", file=sys.stderr)
-            raise
+            self.run.prune_step_checkpoints(t.keep_checkpoints)
+            self._close_writers()
+            raise self.stop.interrupted(f"at step {self.state.step}", f"; saved {path}. "
+                                        f"Resume with: hybridlm train --resume {self.run.path}")
         if self.state.last_eval is None or self.state.last_eval.get("step") != self.state.step:
             self._evaluate_and_keep_best()
         self._save(self.run.checkpoint("final"), with_optimizer=True)
         self.progress.close()
         self._close_writers()
         return self.state.to_json()
+
+    def _last_good(self) -> str:
+        """Where a stopped run can go on from (only called when it stops)."""
+        latest = self.run.latest_resumable()
+        if latest is None:
+            return ("No checkpoint was saved before it: lower train.lr (or set train.nan_policy=skip) and start "
+                    "again with --overwrite")
+        return (f"The newest good checkpoint is {latest}: lower train.lr in a new run, or continue it with "
+                f"`hybridlm train --resume {latest} --set train.nan_policy=skip`")
 
     def _train_step(self) -> torch.Tensor:
         t = self.config.train
@@ -186,15 +208,15 @@ class Trainer:
             total += loss.detach().float() / t.grad_accum
         return total
 
-    def _clip_and_step(self) -> torch.Tensor:
+    def _clip_and_step(self, loss: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Clip, then step unless the guard drops a non-finite update; (grad norm, finite flag) stay on the device."""
         t = self.config.train
-        if t.grad_clip > 0:
-            grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), t.grad_clip)
-        else:
-            grad_norm = torch.zeros(())
-        self.optimizer.step()
+        max_norm = t.grad_clip if t.grad_clip > 0 else math.inf  # inf: the norm only, grads unchanged
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm)
+        finite = self.guard.finite(loss, grad_norm)
+        self.guard.step_optimizer(self.optimizer, finite)
         self.optimizer.zero_grad(set_to_none=True)
-        return grad_norm
+        return grad_norm, finite
 
     # ------------------------------------------------------------ evaluation
     @torch.no_grad()
@@ -220,6 +242,7 @@ class Trainer:
                 "val_perplexity": math.exp(min(val_loss, 700.0))}
 
     def _evaluate_and_keep_best(self) -> None:
+        self.guard.check(self._last_good)  # never evaluate (or keep as best) non-finite weights
         metrics = self.evaluate()
         step = self.state.step
         self.state.last_eval = {"step": step, **metrics}
@@ -233,7 +256,14 @@ class Trainer:
 
     # ------------------------------------------------------- files and logs
     def _save(self, path: Path, with_optimizer: bool) -> Path:
+        """Write a checkpoint of the last completed step; never one of non-finite weights."""
+        self.guard.check(self._last_good)
         self.state.sampler = self.sampler.state_dict()
+        self.state.nonfinite = self.guard.state_dict()
+        interval = getattr(self, "interval", None)
+        if interval is not None:
+            self.state.interval = {"loss_sum": float(interval["loss"]), "finite": int(interval["finite"]),
+                                   "steps": interval["steps"], "tokens": interval["tokens"]}
         if not self.proc.is_main:
             return path
         trainer_state = {**self.state.to_json(), "config": self.config.to_dict()}
