@@ -34,12 +34,14 @@ def test_lr_plan_members_dirs_and_overrides(tmp_path):
     gg = plan.members[2]
     assert gg.layout == "GG" and gg.attention_fraction == 0.0 and gg.lr == 1e-3 and gg.steps == 8
     assert gg.tokens == 8 * 4 * 32 and gg.params > 200_000
-    # the member is exactly `hybridlm train --preset tiny --set ...`: rebuilding its config gives the same values
+    # the recipe (`--preset tiny --set ...`, kept in sweep.json) resolves to the member's config
     config = gg.build_config()
     assert config.train.save_interval == 4  # periodic checkpoints at the eval interval, so it can resume
     assert config.run.name == "tiny__GG__lr1e-3"
-    args = gg.train_args(plan.member_dir(gg))
-    assert args[:3] == ["train", "--preset", "tiny"] and args[-1] == str(tmp_path / "sweep" / "tiny__GG__lr1e-3")
+    # the member trains from the config file written when the plan is saved, nothing else
+    sweep = tmp_path / "sweep"
+    assert plan.train_args(gg) == gg.train_args(plan.member_dir(gg)) == [
+        "train", "--config", str(sweep / "configs" / "tiny__GG__lr1e-3.toml"), "--out", str(sweep / "tiny__GG__lr1e-3")]
     assert plan.conditions["token_budget"] == 8 * 4 * 32 and plan.conditions["swept"] == ["model.layout", "train.lr"]
 
 
@@ -201,3 +203,115 @@ def test_sweep_json_round_trip(tmp_path):
     changed = build_arch_plan(options(tmp_path, steps=9), "GG,GA")
     with pytest.raises(ConfigError, match="was planned with other settings"):
         merge_with_previous(changed)
+
+
+def saved_plan(tmp_path, **kw):
+    """A plan as `sweep` saves it before training: configs/NAME.toml and their sha256 in sweep.json."""
+    from hybridlm.sweep.state import merge_with_previous, record_member_configs, write_sweep
+
+    plan = build_arch_plan(options(tmp_path, steps=8, **kw), "GG,GA")
+    merge_with_previous(plan)
+    record_member_configs(plan)
+    write_sweep(plan, ["sweep", "arch"])
+    return plan
+
+
+def test_plan_writes_each_members_config_and_its_sha256(tmp_path):
+    import hashlib
+
+    from hybridlm.config import changed_keys, resolve
+
+    plan = saved_plan(tmp_path)
+    stored = {m["name"]: m for m in json.loads((plan.out / "sweep.json").read_text())["members"]}
+    for member in plan.members:
+        path = plan.out / "configs" / f"{member.name}.toml"
+        text = path.read_text()
+        assert text == member.build_config().to_toml()
+        entry = stored[member.name]
+        assert entry["planned_config"] == f"configs/{member.name}.toml"
+        assert entry["config_sha256"] == hashlib.sha256(text.encode()).hexdigest()
+        # the recipe stays in sweep.json for people to read
+        assert entry["preset"] == "tiny" and entry["overrides"] == member.overrides
+        # `train --config FILE` (over the defaults) is the same experiment as the recipe
+        assert changed_keys(resolve(file=path), member.build_config()) == []
+
+
+def test_rerun_with_an_edited_preset_or_base_is_refused_naming_member_and_key(tmp_path, monkeypatch):
+    from hybridlm.config.presets import PRESETS
+    from hybridlm.sweep.state import merge_with_previous
+
+    base = tmp_path / "base.toml"
+    base.write_text("[train]\nweight_decay = 0.1\n")
+    plan = saved_plan(tmp_path, config_file=str(base))
+    original = PRESETS["tiny"]
+
+    def edited_tiny():
+        config = original()
+        config.train.grad_clip = 0.5
+        return config
+
+    with monkeypatch.context() as mp:
+        mp.setitem(PRESETS, "tiny", edited_tiny)
+        refused = (r"tiny__GG was planned as .*configs/tiny__GG\.toml, but its recipe now resolves differently: "
+                   r"train\.grad_clip 1\.0 -> 0\.5 \(tiny__GA changed too\)")
+        with pytest.raises(ConfigError, match=refused):
+            merge_with_previous(build_arch_plan(options(tmp_path, steps=8, config_file=str(base)), "GG,GA"))
+    base.write_text("[train]\nweight_decay = 0.2\n")  # the --config base file edited
+    with pytest.raises(ConfigError, match=r"tiny__GG .* train\.weight_decay 0\.1 -> 0\.2"):
+        merge_with_previous(build_arch_plan(options(tmp_path, steps=8, config_file=str(base)), "GG,GA"))
+    base.write_text("[train]\nweight_decay = 0.1\n")
+    with pytest.raises(ConfigError, match=r"tiny__GG was planned with other settings .*data\.seq_len=64"):
+        merge_with_previous(build_arch_plan(options(tmp_path, steps=8, config_file=str(base),
+                                                    overrides=[*SMALL[:2], "data.seq_len=64", SMALL[3]]), "GG,GA"))
+    again = build_arch_plan(options(tmp_path, steps=8, config_file=str(base)), "GG,GA")
+    merge_with_previous(again)  # unchanged: accepted, the planned files and hashes carry over
+    assert [m.config_sha256 for m in again.members] == [m.config_sha256 for m in plan.members]
+
+
+def test_an_edited_or_deleted_member_config_file(tmp_path):
+    from hybridlm.sweep.state import merge_with_previous, planned_config_problem, record_member_configs
+
+    plan = saved_plan(tmp_path)
+    gg, ga = plan.members
+    assert planned_config_problem(plan, gg) is None
+    path = plan.config_path(gg)
+    path.write_text(path.read_text().replace("lr = 0.003", "lr = 0.01"))
+    # a rerun is not refused for it (the recipe did not change); the member fails when it would start
+    again = build_arch_plan(options(tmp_path, steps=8), "GG,GA")
+    merge_with_previous(again)
+    record_member_configs(again)
+    assert "lr = 0.01" in path.read_text()  # never silently rewritten
+    assert planned_config_problem(again, again.members[0]) == (
+        f"{path} was changed after planning (sha256 mismatch); delete it and rerun the sweep to have it written "
+        "again from the recipe in sweep.json, or plan the change as a new sweep with another --out")
+    assert planned_config_problem(again, again.members[1]) is None
+    # deleted, it is written again from the recipe, which still resolves to the planned text
+    path.unlink()
+    assert "is missing" in planned_config_problem(again, again.members[0])
+    record_member_configs(again)
+    assert path.read_text() == gg.build_config().to_toml() and planned_config_problem(again, again.members[0]) is None
+
+
+def test_member_leftovers_are_only_this_members_run(tmp_path):
+    from hybridlm.config import resolve
+    from hybridlm.sweep.job import _is_member_leftover
+
+    plan = build_arch_plan(options(tmp_path, steps=8), "GG")
+    config = plan.members[0].build_config()
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    for name in (".lock", "train_error.txt", "train.log", "metrics.jsonl"):
+        (run / name).write_text("x")
+    assert _is_member_leftover(run, config)  # an attempt that died before writing its config
+    resolve(base=config, values={"model.vocab_size": 1000, "train.log_interval": 3}).save(run / "config.toml")
+    assert _is_member_leftover(run, config)  # what training fills in / settings that never change the experiment
+    resolve(base=config, values={"train.lr": 1.0}).save(run / "config.toml")
+    assert not _is_member_leftover(run, config)  # a run of another experiment: not ours to delete
+    config.save(run / "config.toml")
+    (run / "notes.txt").write_text("mine")
+    assert not _is_member_leftover(run, config)
+
+
+def test_train_args_activate_a_clone_named_with_set(tmp_path):
+    plan = build_arch_plan(options(tmp_path, overrides=[*SMALL, "fla.path=/opt/fla"], steps=8), "GG")
+    assert plan.train_args(plan.members[0])[-2:] == ["--fla-path", "/opt/fla"]

@@ -37,7 +37,8 @@ def resolve(preset: str | None = None, file: str | Path | None = None, overrides
 
     if base is not None and preset is not None:
         raise ConfigError("give a base config or a preset name, not both")
-    config = base.copy() if base is not None else (named_preset(preset) if preset else Config())
+    # copy() round-trips through the typed setters, so a preset's int 4 for a float field becomes 4.0
+    config = (base if base is not None else (named_preset(preset) if preset else Config())).copy()
     if file is not None:
         config = Config.load(file, base=config)
     for assignment in overrides:

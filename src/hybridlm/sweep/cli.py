@@ -15,13 +15,15 @@ EXAMPLES = """examples:
   hybridlm sweep arch --preset tiny --layouts GG,GA,AA --steps 20 --out runs/tiny_arch --dry-run
   hybridlm sweep grid --preset h100_base --set-grid 'train.lr=[1e-3,2e-3]' \\
       --set-grid 'model.attention_layers=[[5,11],[11]]' --out runs/grid
-rerun the same command to continue: finished members are skipped, interrupted ones resume."""
+rerun the same command to continue: finished members are skipped, interrupted ones resume; a preset or
+--config file edited since the sweep was planned is refused (members train from DIR/configs/NAME.toml)."""
 
 
 def add_commands(sub) -> None:
     sweep = sub.add_parser("sweep", help="run many members under equal conditions (lr / arch / grid), resumable",
-                           description="Sweeps: every member is a run directory under --out; DIR/sweep.json is "
-                                       "the plan, DIR/summary.md the ranking.", epilog=EXAMPLES,
+                           description="Sweeps: every member is a run directory under --out, trained from "
+                                       "DIR/configs/NAME.toml (its config, resolved when the sweep is planned); "
+                                       "DIR/sweep.json is the plan, DIR/summary.md the ranking.", epilog=EXAMPLES,
                            formatter_class=argparse.RawDescriptionHelpFormatter)
     kinds = sweep.add_subparsers(dest="sweep_kind", required=True, metavar="KIND")
 

@@ -15,19 +15,25 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from hybridlm.config import RESUME_SAFE_KEYS, Config, changed_keys
+from hybridlm.errors import HybridLMError, RunLockedError
+from hybridlm.runs import RunDir, load_run_config
+from hybridlm.runs.writer import LOCK_FILE, RUN_ARTIFACTS, RunLock
 from hybridlm.sweep.devices import Slot
 from hybridlm.sweep.estimate import clock
 from hybridlm.sweep.plan import Member
-from hybridlm.sweep.state import disk_state, now
+from hybridlm.sweep.state import disk_state, load_planned_config, now, planned_config_problem
 
 if TYPE_CHECKING:  # pragma: no cover
     from hybridlm.sweep.runner import SweepContext
 
-INTERRUPTED_CODES = (130, -signal.SIGINT, -signal.SIGTERM)
+INTERRUPTED_CODES = (130, 143, -signal.SIGINT, -signal.SIGTERM)
 INTERRUPT_GRACE_S = 5.0
 # what a failed attempt may leave in a member directory (anything else is not ours to delete)
-LEFTOVERS = {"train.log", "train_error.txt", "eval.log", "eval_error.txt", "checkpoints", "tokenizer",
-             "metrics.jsonl", ".write-test"}
+LEFTOVERS = {"train.log", "train_error.txt", "eval.log", "eval_error.txt", LOCK_FILE, *RUN_ARTIFACTS}
+# where a member's own config.toml may differ from its planned file: filled in by training (the
+# tokenizer's vocab size, the FLA clone in use), or settings that never change the experiment
+FILLED_IN_OR_SAFE = {"model.vocab_size", *RESUME_SAFE_KEYS}
 PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])
 
 
@@ -62,13 +68,14 @@ class MemberJob:
             verb, detail = "resume", f" from step {state.step}"
         else:
             m.resumed_from_step, m.wall_s = None, None
-            if self.dir.exists():  # a failed attempt without a checkpoint: start clean
-                if not _is_member_leftover(self.dir):
-                    self.proc = None
-                    self._record_failure(f"{self.dir} exists and is not a run of this sweep; move it away")
-                    return
-                shutil.rmtree(self.dir)
-            args = m.train_args(self.dir)
+            problem = planned_config_problem(self.ctx.plan, m)
+            if problem is None and self.dir.exists():  # a failed attempt without a checkpoint: start clean
+                problem = self._clear_failed_attempt()
+            if problem is not None:
+                self.proc = None
+                self._record_failure(problem)
+                return
+            args = self.ctx.plan.train_args(m)  # train --config DIR/configs/NAME.toml --out DIR/NAME
             verb, detail = "start", ""
         fraction_left = 1.0 - state.step / max(m.steps or 1, 1)
         self.expected_s = self.ctx.estimator.seconds(self.ctx.flops_of(m), m.tokens or 0) * fraction_left
@@ -171,6 +178,24 @@ class MemberJob:
                              else f"finished without the planned {m.steps} steps")
         return True
 
+    def _clear_failed_attempt(self) -> str | None:
+        """Delete what an earlier attempt of this member left (no checkpoint to resume from).
+
+        Only a directory holding nothing but the sweep's logs and a run of this member's planned config
+        is deleted, and only while no process writes it; otherwise the reason is returned."""
+        try:
+            config = load_planned_config(self.ctx.plan, self.member)
+        except HybridLMError as exc:
+            return f"{self.ctx.plan.config_path(self.member)}: {exc}"
+        if not _is_member_leftover(self.dir, config):
+            return f"{self.dir} exists and is not a run of this sweep; move it away"
+        try:
+            with RunLock(self.dir):
+                shutil.rmtree(self.dir)
+        except RunLockedError as exc:
+            return str(exc)
+        return None
+
     def _record_failure(self, message: str) -> None:
         self.member.status, self.member.error = "failed", message
         self.ctx.view.message(f"FAILED {self.name}: {message}")
@@ -205,11 +230,20 @@ class MemberJob:
         return args + self._progress_args()
 
 
-def _is_member_leftover(path: Path) -> bool:
-    """Only a run directory, or what a failed member attempt leaves, may be deleted for a fresh start."""
-    from hybridlm.runs import RunDir
-
-    return RunDir(path).is_run() or all(p.name in LEFTOVERS for p in path.iterdir())
+def _is_member_leftover(path: Path, config: Config) -> bool:
+    """Only what this member's attempts leave may be deleted for a fresh start: the sweep's logs and the
+    files of a training run whose config.toml is this member's planned `config` (another one is not ours)."""
+    for entry in path.iterdir():
+        if entry.name not in LEFTOVERS and not (entry.name.startswith(".") and entry.name.endswith(".tmp")):
+            return False
+    run = RunDir(path)
+    if not run.config_file.exists():
+        return True
+    try:
+        saved = load_run_config(run)
+    except HybridLMError:
+        return False
+    return all(key in FILLED_IN_OR_SAFE for key in changed_keys(config, saved))
 
 
 def _exits_within(proc: subprocess.Popen, seconds: float) -> bool:
@@ -221,8 +255,6 @@ def _exits_within(proc: subprocess.Popen, seconds: float) -> bool:
 
 
 def _result_line(run_dir: Path) -> str:
-    from hybridlm.runs import RunDir
-
     results = (RunDir(run_dir).read_results() or {}).get("results", {})
     best = results.get("best_val_loss")
     return f"best val loss {best:.4f}" if best is not None else "no validation loss"

@@ -1,19 +1,26 @@
 """The plan of a sweep: its members, each a preset plus `--set` overrides, and what they share.
 
-A member is exactly `hybridlm train --preset P [--config F] --set o1 --set o2 ... --out DIR/NAME`,
-so the plan stored in sweep.json is enough to rerun, resume or reproduce any member by hand.
-Override order: the user's `--set` first, then what the sweep decides (layout, steps, batch size,
-lr, checkpoint interval, run name), so the sweep's values win and conflicts are refused up front.
+A member's recipe is `--preset P [--config F] --set o1 --set o2 ...` (kept in sweep.json for people
+to read). When the plan is first saved, each valid member's resolved config is written to
+DIR/configs/NAME.toml and its sha256 recorded, and the member trains from that file:
+
+    hybridlm train --config DIR/configs/NAME.toml --out DIR/NAME
+
+so editing a preset later cannot change an unstarted member, and `train_args` is the exact command
+to rerun a member by hand. Override order: the user's `--set` first, then what the sweep decides
+(layout, steps, batch size, lr, checkpoint interval, run name), so the sweep's values win and
+conflicts are refused up front.
 """
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from hybridlm.config import Config, parse_assignment, preset
+from hybridlm.config import Config, parse_assignment, resolve
 from hybridlm.config.model_config import apply_gdn_aliases
 from hybridlm.errors import ConfigError, HybridLMError
 from hybridlm.sweep.conditions import check_equal_conditions, token_budget
@@ -22,6 +29,8 @@ from hybridlm.sweep.specs import (ModelSpec, base_label, format_lr, format_value
 
 KINDS = ("lr", "arch", "grid")
 PLAN_FIELDS = ("name", "preset", "config_file", "overrides")
+INVALID_CONFIG = "invalid config"
+CONFIGS_DIR = "configs"                          # DIR/configs/NAME.toml: the config each member trains from
 
 
 @dataclass
@@ -42,6 +51,9 @@ class Member:
     steps: int | None = None
     tokens: int | None = None
     params: int | None = None
+    # written when the plan is first saved: "configs/NAME.toml" (under DIR) and the sha256 of its text
+    planned_config: str | None = None
+    config_sha256: str | None = None
     # run status, kept up to date in sweep.json by the runner
     status: str = "planned"                      # planned | running | done | failed | interrupted
     error: str | None = None
@@ -58,21 +70,25 @@ class Member:
     eval_error: str | None = None
 
     def build_config(self) -> Config:
-        config = preset(self.preset) if self.preset else Config()
-        if self.config_file:
-            config = Config.load(self.config_file, base=config)
-        return config.with_overrides(self.overrides)
+        """The recipe resolved now; at plan time this is written to configs/NAME.toml, which the member trains from."""
+        return resolve(preset=self.preset, file=self.config_file, overrides=self.overrides)
 
-    def train_args(self, out_dir: Path) -> list[str]:
-        """Arguments of `hybridlm train` that produce this member."""
-        args = ["train"]
-        if self.preset:
-            args += ["--preset", self.preset]
-        if self.config_file:
-            args += ["--config", self.config_file]
-        for override in self.overrides:
-            args += ["--set", override]
-        return args + ["--out", str(out_dir)]
+    def train_args(self, out_dir: Path, config_path: Path | None = None) -> list[str]:
+        """The `hybridlm train` command of this member: its planned config file into its directory.
+
+        `config_path` defaults to the sweep's configs/NAME.toml next to `out_dir` (DIR/NAME). A clone
+        named with `--set fla.path=...` is activated with `--fla-path`, as `train --set` would."""
+        if config_path is None:
+            config_path = Path(out_dir).parent / CONFIGS_DIR / f"{self.name}.toml"
+        args = ["train", "--config", str(config_path), "--out", str(out_dir)]
+        fla_path = next((value for key, value in map(parse_assignment, reversed(self.overrides))
+                         if key == "fla.path"), None)
+        return args + (["--fla-path", str(fla_path)] if fla_path else [])
+
+    @property
+    def valid(self) -> bool:
+        """False for a member whose config failed to resolve at plan time (it never runs)."""
+        return not (self.error or "").startswith(INVALID_CONFIG)
 
     def same_plan(self, other: "Member") -> bool:
         return all(getattr(self, f) == getattr(other, f) for f in PLAN_FIELDS)
@@ -100,6 +116,20 @@ class SweepPlan:
     def member_dir(self, member: Member) -> Path:
         return self.out / member.name
 
+    def config_path(self, member: Member) -> Path:
+        """DIR/configs/NAME.toml: the resolved config the member trains from (written at plan time).
+
+        Always derived from the name (member.planned_config only records it), so an edited sweep.json
+        cannot point a member at a file outside the sweep."""
+        return self.out / CONFIGS_DIR / f"{member.name}.toml"
+
+    def train_args(self, member: Member) -> list[str]:
+        return member.train_args(self.member_dir(member), self.config_path(member))
+
+
+def file_sha256(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
 
 @dataclass
 class BaseOptions:
@@ -113,10 +143,7 @@ class BaseOptions:
     batch_size: int | None = None
 
     def base_config(self) -> Config:
-        config = preset(self.preset) if self.preset else Config()
-        if self.config_file:
-            config = Config.load(self.config_file, base=config)
-        return config.with_overrides(self.overrides)
+        return resolve(preset=self.preset, file=self.config_file, overrides=self.overrides)
 
     def budget_overrides(self) -> list[str]:
         out = []
@@ -240,7 +267,7 @@ def _member(options: BaseOptions, spec: ModelSpec, name: str, extra: list[str], 
     except HybridLMError as exc:
         if strict:
             raise ConfigError(f"member {name}: {exc}") from None
-        member.status, member.error = "failed", f"invalid config: {exc}"
+        member.status, member.error = "failed", f"{INVALID_CONFIG}: {exc}"
         return member
     user_keys = {parse_assignment(o)[0] for o in options.overrides}
     if "train.save_interval" not in user_keys:  # periodic checkpoints, so an interrupted member resumes

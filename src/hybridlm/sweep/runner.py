@@ -3,7 +3,8 @@
 Each member is its own process (see `job`), so a crash, an out-of-memory kill or a Ctrl-C of one
 member is contained: it is recorded in sweep.json (status "failed" with its error, or
 "interrupted") and the others go on. Rerunning the same command skips finished members, resumes
-interrupted ones from their last checkpoint and reruns failed ones.
+interrupted ones from their last checkpoint and reruns failed ones. Members start from the config
+files written when the plan was first saved (DIR/configs/NAME.toml, see `state.record_member_configs`).
 """
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ from hybridlm.sweep.job import MemberJob
 from hybridlm.sweep.plan import Member, SweepPlan
 from hybridlm.sweep.progress import Counts, SweepProgress
 from hybridlm.sweep.queue import SlotQueue
-from hybridlm.sweep.state import SweepLock, disk_state, member_results, merge_with_previous, write_sweep
+from hybridlm.sweep.state import (SweepLock, disk_state, member_results, merge_with_previous, record_member_configs,
+                                  write_sweep)
 
 
 @dataclass
@@ -71,6 +73,7 @@ def run_sweep(plan: SweepPlan, options: RunOptions, command: list[str] | None = 
     ctx = SweepContext(plan, options, slots, command)
     with SweepLock(plan.out):
         merge_with_previous(plan)
+        record_member_configs(plan)  # plan time: configs/NAME.toml + config_sha256, before sweep.json is saved
         jobs = _jobs_to_run(ctx)
         ctx.save()
         _prepare_data(ctx, jobs)
@@ -99,7 +102,7 @@ def _jobs_to_run(ctx: SweepContext) -> list[MemberJob]:
     """Decide from disk what each member needs; report it in one line."""
     jobs, skipped, resumed = [], 0, 0
     for member in ctx.plan.members:
-        if member.error is not None and member.error.startswith("invalid config"):
+        if not member.valid:
             member.status = "failed"
             continue
         state = disk_state(ctx.plan.member_dir(member), member.steps)
