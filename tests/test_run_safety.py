@@ -97,6 +97,17 @@ def test_out_on_an_existing_run_is_refused_then_overwrite_replaces_it_whole(tmp_
     assert json.loads((out / "results.json").read_text())["results"]["steps"] == 20
 
 
+def _start_training(out: Path, steps: int) -> subprocess.Popen:
+    """`hybridlm train` of the tiny preset in a child process, returned once it has logged a step."""
+    proc = subprocess.Popen([sys.executable, "-m", "hybridlm.cli", "train", "--preset", "tiny", "--out", str(out),
+                             "--set", f"train.max_steps={steps}", "--no-progress"], env={**os.environ, "PYTHONPATH": SRC},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 60
+    while not (out / "metrics.jsonl").is_file() and time.time() < deadline:
+        time.sleep(0.1)
+    return proc
+
+
 # 3. one writer per run directory -----------------------------------------------------------------
 def test_a_second_writer_fails_at_once(tmp_path, capsys):
     out = tmp_path / "run"
@@ -113,12 +124,7 @@ def test_a_second_writer_fails_at_once(tmp_path, capsys):
 def test_concurrent_training_processes_on_one_directory(tmp_path):
     out = tmp_path / "run"
     env = {**os.environ, "PYTHONPATH": SRC}
-    first = subprocess.Popen([sys.executable, "-m", "hybridlm.cli", "train", "--preset", "tiny", "--out", str(out),
-                              "--set", "train.max_steps=200", "--no-progress"], env=env,
-                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 60
-    while not (out / "metrics.jsonl").is_file() and time.time() < deadline:
-        time.sleep(0.1)
+    first = _start_training(out, steps=200)
     second = subprocess.run([sys.executable, "-m", "hybridlm.cli", "train", "--preset", "tiny", "--out", str(out),
                              "--overwrite"], env=env, capture_output=True, text=True, timeout=60)
     assert second.returncode == 2 and "is being written by" in second.stderr
@@ -224,13 +230,7 @@ def test_a_signal_at_any_moment_resumes_bit_identically(moment, signum, straight
 
 def test_sigterm_to_the_cli_process_saves_and_exits_143(tmp_path):
     out = tmp_path / "run"
-    env = {**os.environ, "PYTHONPATH": SRC}
-    proc = subprocess.Popen([sys.executable, "-m", "hybridlm.cli", "train", "--preset", "tiny", "--out", str(out),
-                             "--set", "train.max_steps=100000", "--no-progress"], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 60
-    while not (out / "metrics.jsonl").is_file() and time.time() < deadline:
-        time.sleep(0.1)
+    proc = _start_training(out, steps=100000)
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=60) == 143
     err = proc.stderr.read().strip().splitlines()
@@ -312,3 +312,95 @@ def test_skip_policy_counts_skipped_updates_in_the_metrics(tmp_path):
     logs = [e for e in RunDir(out).read_metrics() if e["event"] == "train"]
     assert [e["skipped_updates"] for e in logs] == [1, 1]
     assert results["results"]["steps"] == 8
+
+
+# 8. corrupt inputs: one line naming the file, before any training ------------------------------
+@pytest.fixture()
+def run_copy(finished, tmp_path):
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(finished, copy)
+    return copy
+
+
+def _one_line(capsys) -> str:
+    err = [line for line in capsys.readouterr().err.strip().splitlines() if line.strip()]
+    assert err and "Traceback" not in "\n".join(err), err
+    return err[-1]
+
+
+def test_garbage_results_json_stops_extend_before_it_trains(run_copy, capsys):
+    (run_copy / "results.json").write_text("{not json")
+    metrics = (run_copy / "metrics.jsonl").read_bytes()
+    assert main(["train", "--resume", str(run_copy), "--extend-steps", "80", "--no-progress"]) == 2
+    assert "results.json" in _one_line(capsys)
+    assert (run_copy / "metrics.jsonl").read_bytes() == metrics
+
+
+def test_empty_config_blames_the_config_not_the_weights(run_copy, capsys):
+    (run_copy / "config.toml").write_text("")
+    assert main(["train", "--resume", str(run_copy), "--extend-steps", "80"]) == 2
+    line = _one_line(capsys)
+    assert "config.toml is empty or incomplete" in line and "model.safetensors" not in line
+
+
+def test_a_corrupt_newest_checkpoint_falls_back_to_the_previous_one(run_copy, capsys):
+    optimizer = run_copy / "checkpoints" / "final" / "optimizer.safetensors"
+    optimizer.write_bytes(optimizer.read_bytes()[:1000])  # truncated
+    assert main(["train", "--resume", str(run_copy), "--extend-steps", "70", "--no-progress"]) == 0
+    out = capsys.readouterr()
+    assert "checkpoints/final is unusable (optimizer.safetensors is truncated" in out.err
+    assert "resuming from" in out.err and "step_000040" in out.err
+    assert "at step 40" in out.out
+
+
+def test_a_bit_flip_in_tensor_data_is_caught(run_copy, capsys):
+    weights = run_copy / "checkpoints" / "final" / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-100] ^= 0x10  # inside the last tensor's data, not the header
+    weights.write_bytes(bytes(data))
+    assert main(["generate", "--run", str(run_copy), "--checkpoint", "final", "--max-new-tokens", "3"]) == 2
+    line = _one_line(capsys)
+    assert "final/model.safetensors is corrupt (checksum mismatch)" in line
+
+
+def test_eval_export_generate_refuse_non_finite_weights(run_copy, capsys):
+    from safetensors.torch import load_file, save_file
+
+    final = run_copy / "checkpoints" / "final"
+    tensors = load_file(str(final / "model.safetensors"))
+    name = sorted(tensors)[0]
+    tensors[name] = torch.full_like(tensors[name], float("nan"))
+    save_file(tensors, str(final / "model.safetensors"), metadata={"format": "pt"})
+    (final / "manifest.json").unlink()  # as written before manifests existed: accepted unverified
+    for argv in (["generate", "--run", str(run_copy), "--checkpoint", "final", "--max-new-tokens", "3"],
+                 ["export", "--run", str(run_copy), "--checkpoint", "final", "--out", str(run_copy / "x")],
+                 ["eval", "--run", str(run_copy), "--checkpoint", "final", "--tasks", "val_ppl"]):
+        assert main(argv) == 2, argv
+        assert "non-finite" in _one_line(capsys), argv
+    assert not (run_copy / "x").exists()
+
+
+def test_a_full_disk_is_one_line_and_keeps_earlier_checkpoints(tmp_path, capsys, monkeypatch):
+    import errno
+
+    out = tmp_path / "run"
+    original = ckpt._write_bytes
+
+    def full_disk(file, chunks, *args):
+        if file.parent.name == ".tmp-step_000040":
+            with open(file, "wb") as f:
+                f.write(b"partial")
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return original(file, chunks, *args)
+
+    monkeypatch.setattr(ckpt, "_write_bytes", full_disk)
+    assert main(["train", "--preset", "tiny", "--out", str(out), "--no-progress"]) == 2
+    line = _one_line(capsys)
+    assert "No space left on device" in line and "step_000040" in line
+    names = sorted(p.name for p in (out / "checkpoints").iterdir())
+    assert names == ["best", "step_000020"]  # no temporary directory left, the earlier checkpoint intact
+    ckpt.verify_checkpoint(out / "checkpoints" / "step_000020")
+    monkeypatch.undo()
+    assert main(["train", "--resume", str(out), "--no-progress"]) == 0

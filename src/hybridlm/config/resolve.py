@@ -52,7 +52,7 @@ def resolve(preset: str | None = None, file: str | Path | None = None, overrides
 
 def changed_keys(old: Config, new: Config) -> list[str]:
     """Dotted keys whose values differ between two configs (the layout compared as a layer map)."""
-    a, b = _flatten(old.to_dict()), _flatten(new.to_dict())
+    a, b = flatten(old.to_dict()), flatten(new.to_dict())
     changed = sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k))
     if old.model.layout_string == new.model.layout_string:
         changed = [k for k in changed if k not in ("model.layout", "model.attention_layers")]
@@ -80,16 +80,17 @@ def resume_changes(saved: Config, preset: str | None = None, file: str | Path | 
     return wanted
 
 
-def _flatten(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+def flatten(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{'train': {'lr': 1e-3}} -> {'train.lr': 1e-3}; nested sections (model.attention) are dotted too."""
     out: dict[str, Any] = {}
     for key, value in values.items():
         name = f"{prefix}{key}"
         if isinstance(value, dict):
-            out.update(_flatten(value, f"{name}."))
+            out.update(flatten(value, f"{name}."))
         else:
             out[name] = value
     return out
 
 
 def _value(config: Config, dotted: str) -> Any:
-    return _flatten(config.to_dict()).get(dotted)
+    return flatten(config.to_dict()).get(dotted)

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from hybridlm.config import Config
+from hybridlm.config.resolve import flatten
 from hybridlm.errors import ConfigError
 
 # train.* keys that decide the token budget, the data order, the numerics or the validation batches
@@ -28,18 +29,6 @@ DATA_KEYS_WITHOUT_EFFECT = ("data.cache_dir", "data.num_workers")
 IGNORED_PREFIXES = ("run.", "fla.", "train.device", "train.tensorboard", "train.wandb_project",
                     "train.log_interval", "train.save_interval", "train.keep_checkpoints")
 LAYOUT_KEYS = ("model.layout", "model.attention_layers")
-
-
-def flatten(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """{'train': {'lr': 1e-3}} -> {'train.lr': 1e-3}; nested sections (model.attention) are dotted too."""
-    flat: dict[str, Any] = {}
-    for key, value in values.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict):
-            flat.update(flatten(value, f"{name}."))
-        else:
-            flat[name] = value
-    return flat
 
 
 def is_condition_key(key: str) -> bool:

@@ -222,7 +222,7 @@ def disk_state(run_dir: Path, planned_steps: int | None) -> DiskState:
         if r.get("steps") == planned_steps or (r.get("stopped_early") and r.get("steps")):
             return DiskState("done", int(r.get("steps") or 0))
     if run.is_run():
-        checkpoint = run.latest_resumable()
+        checkpoint = run.latest_resumable(on_skip=lambda *_: None, verify=False)  # train verifies on resume
         if checkpoint is not None:
             from hybridlm.runs.checkpoint import read_trainer_state
 

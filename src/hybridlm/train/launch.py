@@ -6,6 +6,7 @@ All checks that can fail (output directory, data, checkpoint, FLA source) run be
 
 from __future__ import annotations
 
+import sys
 import time
 import warnings
 from pathlib import Path
@@ -19,7 +20,7 @@ from hybridlm.fla_source import ENV_VAR as FLA_ENV_VAR
 from hybridlm.fla_source import activate_fla_source
 from hybridlm.runs import RunDir, find_run_dir, load_run_config
 from hybridlm.runs.writer import RunLock, clear_run, describe_run, holds_run
-from hybridlm.runs.checkpoint import read_trainer_state
+from hybridlm.runs.checkpoint import read_trainer_state, verify_checkpoint
 from hybridlm.runs.environment import environment_info
 from hybridlm.train.distributed import process_info
 from hybridlm.train.precision import resolve_device, resolve_precision
@@ -143,9 +144,19 @@ def _resolve_run(config: Config | None, out, resume, extend_steps) -> tuple[RunD
             raise ConfigError(f"a resumed run keeps its own config; it differs in {', '.join(refused[:5])}. Only "
                               f"{', '.join(RESUME_SAFE_KEYS)} may change on resume (--extend-steps N trains longer)")
         saved = config
-    checkpoint = explicit or run.latest_resumable()
+    skipped: list[tuple[Path, str]] = []
+    if explicit is not None:
+        verify_checkpoint(explicit)  # named by the user: no fallback, a corrupt one is an error
+        checkpoint = explicit
+    else:
+        checkpoint = run.latest_resumable(on_skip=lambda path, reason: skipped.append((path, reason)))
     if checkpoint is None:
-        raise CheckpointError(f"{run.path} has no checkpoint with optimizer state to resume from")
+        why = "; ".join(f"{path.name}: {reason}" for path, reason in skipped)
+        raise CheckpointError(f"{run.path} has no intact checkpoint with optimizer state to resume from"
+                              + (f" ({why})" if why else ""))
+    for path, reason in skipped:
+        print(f"warning: checkpoint {path} is unusable ({reason}); resuming from {checkpoint} instead",
+              file=sys.stderr)
     step = int(read_trainer_state(checkpoint).get("step", 0))
     if extend_steps is not None:
         if extend_steps <= step:

@@ -189,7 +189,7 @@ class Trainer:
 
     def _last_good(self) -> str:
         """Where a stopped run can go on from (only called when it stops)."""
-        latest = self.run.latest_resumable()
+        latest = self.run.latest_resumable(on_skip=lambda *_: None)
         if latest is None:
             return ("No checkpoint was saved before it: lower train.lr (or set train.nan_policy=skip) and start "
                     "again with --overwrite")
