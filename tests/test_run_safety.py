@@ -200,7 +200,7 @@ def _interrupt(monkeypatch, owner, name, when, signum, times=1):
 
 MOMENTS = {
     # mid-step, at a step that is not a log, eval or save step
-    "step": (Trainer, "_clip_and_step", lambda n, self, loss: self.state.step == 13),
+    "step": (Trainer, "_step", lambda n, self: self.state.step == 13),
     # during the evaluation at step 20
     "eval": (Trainer, "evaluate", lambda n, self: self.state.step == 20),
     # during the periodic save at step 10
@@ -296,19 +296,24 @@ def test_skip_drops_the_whole_update(fused):
 
 def test_skip_policy_counts_skipped_updates_in_the_metrics(tmp_path):
     out = tmp_path / "run"
-    original = Trainer._clip_and_step
+    original = Trainer._step
 
-    def poison_step_3(self, loss):
-        if self.state.step == 2:
-            loss = loss * float("nan")
-        return original(self, loss)
+    def poison_step_3(self):
+        if self.state.step == 2:  # step 3's loss (and so its gradients) become NaN
+            forward = self.forward
+            self.forward = lambda inputs, labels: forward(inputs, labels) * float("nan")
+            try:
+                return original(self)
+            finally:
+                self.forward = forward
+        return original(self)
 
-    Trainer._clip_and_step = poison_step_3
+    Trainer._step = poison_step_3
     try:
         results = train(tiny(max_steps=8, log_interval=4, eval_interval=8, nan_policy="skip"), out=out,
                         progress=False)
     finally:
-        Trainer._clip_and_step = original
+        Trainer._step = original
     logs = [e for e in RunDir(out).read_metrics() if e["event"] == "train"]
     assert [e["skipped_updates"] for e in logs] == [1, 1]
     assert results["results"]["steps"] == 8

@@ -90,18 +90,18 @@ def test_resume_is_bit_identical_to_uninterrupted(tmp_path, monkeypatch):
     config = tiny(max_steps=40, log_interval=1, eval_interval=10, save_interval=100)
     straight = train(config, out=tmp_path / "straight", progress=False)
 
-    original = Trainer._clip_and_step
+    original = Trainer._step
 
-    def interrupt_at_20(self, loss):
+    def interrupt_at_20(self):
         if self.state.step == 20:  # Ctrl-C in the middle of step 21: that step finishes, then it saves
             os.kill(os.getpid(), signal.SIGINT)
-        return original(self, loss)
+        return original(self)
 
-    monkeypatch.setattr(Trainer, "_clip_and_step", interrupt_at_20)
+    monkeypatch.setattr(Trainer, "_step", interrupt_at_20)
     with pytest.raises(TrainingInterrupted) as stopped:
         train(config, out=tmp_path / "interrupted", progress=False)
     assert stopped.value.exit_code == 130 and "at step 21" in str(stopped.value)
-    monkeypatch.setattr(Trainer, "_clip_and_step", original)
+    monkeypatch.setattr(Trainer, "_step", original)
     assert (tmp_path / "interrupted" / "checkpoints" / "step_000021").is_dir()
     resumed = train(resume=tmp_path / "interrupted", progress=False)
 

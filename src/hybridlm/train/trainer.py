@@ -31,6 +31,7 @@ from hybridlm.train.precision import Precision
 from hybridlm.train.progress import Progress
 from hybridlm.train.schedule import lr_at
 from hybridlm.train.signals import GracefulStop
+from hybridlm.train.step import StepResult, loss_of, train_step
 
 PEAK_BF16_FLOPS = {"H100": 989e12, "H200": 989e12, "H800": 989e12, "A100": 312e12, "L40S": 362e12,
                    "RTX 4090": 165e12}
@@ -86,7 +87,7 @@ class Trainer:
         self.proc = process_info()
         t = config.train
         self.optimizer = build_optimizer(model, t.lr, t.weight_decay, (t.beta1, t.beta2), t.eps, self.device.type)
-        self.step_fn = torch.compile(model) if t.compile else model
+        self.forward = loss_of(torch.compile(model) if t.compile else model)
         self.state = TrainState()
         self.tokens_per_step = t.batch_size * t.grad_accum * config.data.seq_len * self.proc.world_size
         self.flops_per_token = flops_per_token(config.model, config.data.seq_len)
@@ -127,12 +128,12 @@ class Trainer:
             for group in self.optimizer.param_groups:
                 group["lr"] = lr
             try:
-                loss = self._train_step()
+                result = self._step()
             except DataExhausted as exc:
                 self.stopped_early = str(exc)
                 self.progress.write(f"stopping: {exc}")
                 break
-            grad_norm, finite = self._clip_and_step(loss)
+            loss, grad_norm, finite = result.loss, result.grad_norm, result.finite
             self.state.step += 1
             self.state.tokens += self.tokens_per_step
             step = self.state.step
@@ -196,27 +197,12 @@ class Trainer:
         return (f"The newest good checkpoint is {latest}: lower train.lr in a new run, or continue it with "
                 f"`hybridlm train --resume {latest} --set train.nan_policy=skip`")
 
-    def _train_step(self) -> torch.Tensor:
+    def _step(self) -> StepResult:
+        """One optimisation step on the next `grad_accum` batches (the shared `train_step`)."""
         t = self.config.train
-        total = torch.zeros((), device=self.device)
-        for _ in range(t.grad_accum):
-            batch = self.sampler.next_batch().to(self.device, non_blocking=True)
-            inputs, targets = batch[:, :-1], batch[:, 1:]
-            with self.precision.autocast():
-                loss = self.step_fn(inputs, labels=targets, return_logits=False).loss
-            (loss / t.grad_accum).backward()
-            total += loss.detach().float() / t.grad_accum
-        return total
-
-    def _clip_and_step(self, loss: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Clip, then step unless the guard drops a non-finite update; (grad norm, finite flag) stay on the device."""
-        t = self.config.train
-        max_norm = t.grad_clip if t.grad_clip > 0 else math.inf  # inf: the norm only, grads unchanged
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm)
-        finite = self.guard.finite(loss, grad_norm)
-        self.guard.step_optimizer(self.optimizer, finite)
-        self.optimizer.zero_grad(set_to_none=True)
-        return grad_norm, finite
+        micro_batches = [self.sampler.next_batch() for _ in range(t.grad_accum)]
+        return train_step(self.forward, self.model, self.optimizer, micro_batches, self.precision, t.grad_clip,
+                          self.guard)
 
     # ------------------------------------------------------------ evaluation
     @torch.no_grad()

@@ -1,0 +1,54 @@
+"""One optimisation step, the same for the trainer and every benchmark.
+
+forward + backward over the micro-batches (gradient accumulation), clip, then AdamW (or, under
+the non-finite guard's `skip` policy, no update at all). Everything returned stays on the device,
+so a step never waits for the host; a benchmark number is therefore the product's number.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from hybridlm.train.nonfinite import NonFiniteGuard
+from hybridlm.train.precision import Precision
+
+
+@dataclass
+class StepResult:
+    loss: torch.Tensor        # mean loss over the micro-batches (float32, on the device)
+    grad_norm: torch.Tensor   # before clipping
+    finite: torch.Tensor      # bool: loss and gradient norm were finite (the update was applied)
+
+
+def train_step(forward: Callable[..., torch.Tensor], model: nn.Module, optimizer: torch.optim.Optimizer,
+               micro_batches: Iterable[torch.Tensor], precision: Precision, grad_clip: float,
+               guard: NonFiniteGuard) -> StepResult:
+    """`forward(inputs, labels) -> loss` (the model, or its compiled form); each batch is [B, T + 1] tokens."""
+    batches = list(micro_batches)
+    total = torch.zeros((), device=precision.device)
+    for batch in batches:
+        batch = batch.to(precision.device, non_blocking=True)
+        with precision.autocast():
+            loss = forward(batch[:, :-1], batch[:, 1:])
+        (loss / len(batches)).backward()
+        total += loss.detach().float() / len(batches)
+    max_norm = grad_clip if grad_clip > 0 else math.inf  # inf: the norm only, gradients unchanged
+    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
+    finite = guard.finite(total, grad_norm)
+    guard.step_optimizer(optimizer, finite)
+    optimizer.zero_grad(set_to_none=True)
+    return StepResult(total, grad_norm, finite)
+
+
+def loss_of(model: nn.Module) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """The training loss as `forward(inputs, labels)`: the fused LM-head loss, no logits tensor."""
+
+    def forward(inputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return model(inputs, labels=labels, return_logits=False).loss
+
+    return forward
