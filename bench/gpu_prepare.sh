@@ -13,5 +13,6 @@ done
 mkdir -p .device .whl .evaldata
 [ -f .device/fla-h100-site.tar.xz ] || cp ../shared/device/fla-h100-site.tar.xz .device/
 ls .whl/tomli_w-*.whl >/dev/null 2>&1 || python3 -m pip download -q --no-deps --only-binary=:all: -d .whl tomli_w
+ls .whl/xxhash-*.whl >/dev/null 2>&1 || python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d .whl xxhash
 [ -f .evaldata/arc_challenge_test.jsonl.gz ] || cp ../shared/data/eval/arc_challenge_test.jsonl.gz .evaldata/
 du -sh .device .whl .evaldata .tcache 2>/dev/null

@@ -40,7 +40,7 @@ def test_qwen3_next_aliases():
     ("model.attention_layers=[1,1]", "duplicate"),
     ("train.precision=fp8", "train.precision must be one of"),
     ("train.lr", "--set expects key=value"),
-    ("train.compile=maybe", "train.compile must be true or false"),
+    ("train.compile=maybe", "train.compile must be true, false or \"auto\""),
 ])
 def test_bad_overrides_are_one_line_errors(assignment, fragment):
     with pytest.raises(ConfigError) as info:

@@ -123,10 +123,13 @@ def test_fused_gate_training_path_follows_fla_contract(fla_models, monkeypatch):
     """On CUDA the mixer hands FLA raw a/b projections with use_gate_in_kernel / use_beta_sigmoid_in_kernel,
     as FLA's own layer does. Here FLA's kernel is replaced by its documented semantics (computed with our
     torch op), so the test proves the wiring: same logits as the explicit-gate path, float64."""
+    from dataclasses import replace
+
     import fla.ops.gated_delta_rule as fla_gdr
     import torch.nn.functional as F
 
-    from hybridlm.model import gated_deltanet
+    from hybridlm.model import fused
+    from hybridlm.model.kernels import TORCH_KERNELS
     from hybridlm.ops import gdn_fla, gated_delta_rule
 
     calls = []
@@ -147,7 +150,7 @@ def test_fused_gate_training_path_follows_fla_contract(fla_models, monkeypatch):
 
     monkeypatch.setattr(fla_gdr, "chunk_gated_delta_rule", fake_chunk)
     monkeypatch.setattr(gdn_fla, "fla_usable", lambda device: (True, "faked for the test"))
-    monkeypatch.setattr(gated_deltanet, "resolve_backend", lambda kernels, device: "fla")
+    reference.use_kernels(replace(TORCH_KERNELS, gdn_train=fused.gdn_train))  # FLA's training call
     got = reference(ids).logits
     assert len(calls) == 2  # the two GDN layers
     assert (got - expected).abs().max().item() < 1e-12

@@ -140,11 +140,16 @@ def test_fla_fused_loss_is_used_only_for_training_with_fla_kernels(monkeypatch):
         assert weight.shape[0] % fused.VOCAB_ALIGNMENT == 0 and bias.shape == weight.shape[:1]
         return F.cross_entropy(hidden2d @ weight.t() + bias, targets1d, ignore_index=-100)
 
-    monkeypatch.setattr(fused, "_kernels", lambda device_type: {"linear_cross_entropy": fake_fused_ce})
+    from dataclasses import replace
+
+    from hybridlm.model.kernels import TORCH_KERNELS
+
+    monkeypatch.setattr(fused, "load", lambda: {"linear_cross_entropy": fake_fused_ce})
     torch.manual_seed(0)
     config = ModelConfig(vocab_size=97, hidden_size=32, num_hidden_layers=2, num_heads=2, head_dim=16,
                          intermediate_size=64, layout="GA", attention=AttentionConfig(num_heads=2))
     model = HybridLM(config)
+    model.use_kernels(replace(TORCH_KERNELS, linear_cross_entropy=fused.linear_cross_entropy))  # FLA's loss
     ids = torch.randint(0, 97, (2, 40))
     labels = torch.roll(ids, -1, 1)
     labels[:, -1] = -100
@@ -156,14 +161,11 @@ def test_fla_fused_loss_is_used_only_for_training_with_fla_kernels(monkeypatch):
     loss.backward()
     fused_grad = model.lm_head.weight.grad.clone()
     model.zero_grad()
-    monkeypatch.setattr(fused, "_kernels", lambda device_type: None)
+    model.use_kernels(TORCH_KERNELS)
     model(ids, labels=labels, return_logits=False).loss.backward()  # our chunked loss
     assert (fused_grad - model.lm_head.weight.grad).abs().max().item() < 1e-6  # padding rows drop out
-    monkeypatch.setattr(fused, "_kernels", lambda device_type: {"linear_cross_entropy": fake_fused_ce})
+    model.use_kernels(replace(TORCH_KERNELS, linear_cross_entropy=fused.linear_cross_entropy))
     model.double()(ids, labels=labels, return_logits=False)  # float64: FLA computes in float32 at most
-    model.float()
-    model.config.kernels = "torch"
-    model(ids, labels=labels, return_logits=False)
     assert len(calls) == 1
 
 
@@ -184,14 +186,14 @@ def test_block_pre_mlp_residual_add_goes_through_the_fused_add_norm(monkeypatch)
         y = total * torch.rsqrt(total.pow(2).mean(-1, keepdim=True) + eps) * weight.float()
         return y.to(x.dtype), total.to(residual.dtype)
 
-    norm = RMSNorm(8, use_fused=True)
+    norm = RMSNorm(8)
     norm.weight.data.uniform_(0.5, 1.5)
     update, residual = torch.randn(2, 3, 8, dtype=torch.float64), torch.randn(2, 3, 8, dtype=torch.float64)
     expected_total = residual + update
     expected = norm(expected_total)  # the PyTorch path (CPU tensors never take the fused one)
     y, total = norm.add_and_norm(update, residual)
     assert calls == [] and torch.equal(total, expected_total) and torch.allclose(y, expected)
-    monkeypatch.setattr(fused, "_kernels", lambda device_type: {"rms_norm": fake_rms_norm})
+    monkeypatch.setattr(fused, "load", lambda: {"rms_norm": fake_rms_norm})
     y, total = fused.add_rms_norm(update, residual, norm.weight, norm.eps)
     assert calls == [(torch.float64, torch.float64, True)]
     assert torch.allclose(total, expected_total) and torch.allclose(y, expected)

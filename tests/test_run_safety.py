@@ -102,8 +102,8 @@ def _start_training(out: Path, steps: int) -> subprocess.Popen:
     proc = subprocess.Popen([sys.executable, "-m", "hybridlm.cli", "train", "--preset", "tiny", "--out", str(out),
                              "--set", f"train.max_steps={steps}", "--no-progress"], env={**os.environ, "PYTHONPATH": SRC},
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 60
-    while not (out / "metrics.jsonl").is_file() and time.time() < deadline:
+    deadline = time.time() + 180
+    while not (out / "metrics.jsonl").is_file() and time.time() < deadline and proc.poll() is None:
         time.sleep(0.1)
     return proc
 
@@ -124,13 +124,13 @@ def test_a_second_writer_fails_at_once(tmp_path, capsys):
 def test_concurrent_training_processes_on_one_directory(tmp_path):
     out = tmp_path / "run"
     env = {**os.environ, "PYTHONPATH": SRC}
-    first = _start_training(out, steps=200)
+    first = _start_training(out, steps=1000)  # long enough to still run when the second one starts
     second = subprocess.run([sys.executable, "-m", "hybridlm.cli", "train", "--preset", "tiny", "--out", str(out),
                              "--overwrite"], env=env, capture_output=True, text=True, timeout=60)
     assert second.returncode == 2 and "is being written by" in second.stderr
     assert first.wait(timeout=120) == 0, first.stderr.read()
     events = [(e["event"], e["step"]) for e in RunDir(out).read_metrics()]
-    assert len(events) == len(set(events)) and max(s for _, s in events) == 200
+    assert len(events) == len(set(events)) and max(s for _, s in events) == 1000
 
 
 # 4. a run directory never runs code --------------------------------------------------------------

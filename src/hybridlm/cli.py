@@ -180,8 +180,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("verify", help="GPU: check FLA kernels against the PyTorch reference (exit 1 on failure)")
-    p.add_argument("--sections", default="fla_model,decode,loss,model,op",
-                   help="comma list of fla_model, decode, loss, model, op (= op_bf16 + op_fp32), run in "
+    p.add_argument("--sections", default="fla_model,decode,flex,loss,model,op",
+                   help="comma list of fla_model, decode, flex, loss, model, op (= op_bf16 + op_fp32), run in "
                         "this order")
     p.set_defaults(func=cmd_verify)
 
@@ -212,6 +212,13 @@ def _add_extension_commands(sub) -> None:
     add_eval(sub)
 
 
+def _ignore_further_signals() -> None:
+    import signal
+
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, signal.SIG_IGN)
+
+
 def main(argv: list[str] | None = None) -> int:
     from hybridlm.errors import HybridLMError, TrainingInterrupted
 
@@ -220,6 +227,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except TrainingInterrupted as exc:
+        if argv is None:  # the process is ours (not a caller's): a late second signal must not change the exit
+            _ignore_further_signals()
         print(f"{exc}", file=sys.stderr)
         return exc.exit_code
     except HybridLMError as exc:

@@ -12,7 +12,6 @@ def doctor_report() -> list[tuple[str, str]]:
     import torch
 
     from hybridlm.ops.fla_compat import installed_versions
-    from hybridlm.ops.gdn_fla import fla_usable
 
     rows: list[tuple[str, str]] = [("python", f"{platform.python_version()} ({sys.executable})"),
                                    ("torch", torch.__version__)]
@@ -39,8 +38,11 @@ def doctor_report() -> list[tuple[str, str]]:
     rows.append(("fla", fla_line))
     rows.append(("tilelang", versions["tilelang"] or "not installed"))
     if cuda:
-        usable, reason = fla_usable("cuda")
-        rows.append(("kernels (auto)", ("fla: " if usable else "torch: ") + reason))
+        from hybridlm.model.kernels import resolve_kernels
+
+        record = resolve_kernels("auto", "cuda", strict=False).describe()
+        reason = record.pop("reason")
+        rows.append(("kernels (auto)", ", ".join(f"{k} {v}" for k, v in record.items()) + f" ({reason})"))
     else:
         rows.append(("kernels (auto)", "torch: no CUDA here, so the pure-PyTorch chunked kernels run"))
     return rows

@@ -5,7 +5,8 @@ chunked op (forward and every gradient, bf16 and float32, head dims 64/256, T in
 with and without an initial state); a hybrid model's logits and gradients under bf16 autocast with
 kernels=fla and kernels=torch, each against the model in float64; our pure-GDN model against FLA's own
 `GatedDeltaNetForCausalLM` holding the same weights; cached decoding against the full forward; FLA's
-fused loss against ours. Every line is a relative error ||a - b|| / ||b|| against a threshold.
+fused loss against ours; sliding-window attention through FlexAttention (bf16) against the float32 dense-mask
+reference. Every line is a relative error ||a - b|| / ||b|| against a threshold.
 Measuring each fast path against float64 (not only against each other) says which side is off.
 """
 
@@ -247,11 +248,45 @@ def check_fused_loss(device: torch.device):
                         threshold)
 
 
-def run_verify(sections: tuple[str, ...] = ("fla_model", "decode", "loss", "model", "op")) -> int:
+FLEX_CONFIGS = ((1, 4096, False), (3, 4096, True), (1, 16384, True), (3, 16384, False))  # (B, T, GQA)
+
+
+def check_flex(device: torch.device, configs=FLEX_CONFIGS, window: int = 2048, heads: int = 12,
+               head_dim: int = 64, kv_heads: int = 4):
+    """Sliding-window attention as training runs it (`causal_attention`; on CUDA: compiled FlexAttention
+    with the cached block mask) in bf16 against the dense-mask reference in float32: output and the q, k,
+    v gradients, 12 heads of 64 (GQA: 4 kv heads), window 2048 over T = 4096 and 16384. Each (B, T, GQA)
+    compiles its own kernels (about 6 s each on an H200). The reference runs one sequence at a time, which
+    bounds its memory whichever SDPA backend takes the dense mask. (Off CUDA, the path measured is the
+    dense mask in bf16.)"""
+    from hybridlm.ops.attention import attention_reference, causal_attention
+
+    names = ["o", "dq", "dk", "dv"]
+    for b, t, gqa in configs:
+        hkv = kv_heads if gqa else heads
+        gen = torch.Generator(device=device).manual_seed(b * t + gqa)
+        inputs = [torch.randn(b, h, t, head_dim, generator=gen, device=device) for h in (heads, hkv, hkv)]
+        # rounded to bf16 first, so the float32 reference differentiates along the very same values
+        inputs = [x.to(torch.bfloat16) for x in inputs]
+        cotangent = torch.randn(b, heads, t, head_dim, generator=gen, device=device).to(torch.bfloat16)
+        ours = outputs_and_grads(lambda leaves: [causal_attention(*leaves, window, gqa)], leaves_of(inputs),
+                                 [cotangent])
+        per_sequence = [outputs_and_grads(lambda leaves: [attention_reference(*leaves, window, gqa)],
+                                          leaves_of([x[i:i + 1] for x in inputs], torch.float32),
+                                          [cotangent[i:i + 1]]) for i in range(b)]
+        truth = [torch.cat(parts) for parts in zip(*per_sequence)]
+        errors = [rel_error(x, y) for x, y in zip(ours, truth)]
+        worst = max(range(len(errors)), key=errors.__getitem__)
+        label = f"B={b} T={t} window={window} {heads}x{head_dim}{f' GQA {heads}/{hkv}' if gqa else ''}"
+        yield Check(f"window attention bf16 {label}: causal_attention vs float32 dense mask "
+                    f"(worst: {names[worst]})", errors[worst], OP_THRESHOLDS[torch.bfloat16])
+
+
+def run_verify(sections: tuple[str, ...] = ("fla_model", "decode", "flex", "loss", "model", "op")) -> int:
     from hybridlm.reports import format_table
 
     runners = {"op": check_op, "model": check_model_backends, "fla_model": check_against_fla_model,
-               "decode": check_decoding, "loss": check_fused_loss,
+               "decode": check_decoding, "loss": check_fused_loss, "flex": check_flex,
                "op_bf16": lambda device: check_op(device, (torch.bfloat16,)),
                "op_fp32": lambda device: check_op(device, (torch.float32,))}
     unknown = [name for name in sections if name not in runners]
@@ -265,7 +300,7 @@ def run_verify(sections: tuple[str, ...] = ("fla_model", "decode", "loss", "mode
     from hybridlm.ops.gdn_fla import fla_usable
 
     usable, reason = fla_usable("cuda")
-    if not usable:
+    if not usable and set(sections) - {"flex"}:  # FlexAttention is PyTorch's own: "flex" runs without FLA
         print(f"error: FLA kernels cannot run here: {reason}", file=sys.stderr)
         return 2
     device = torch.device("cuda")

@@ -54,6 +54,8 @@ class Config(ReadOnlyWhenResolved):
             raise ConfigError(f"train.precision must be one of {', '.join(PRECISIONS)}; got {t.precision!r}")
         if t.schedule not in SCHEDULES:
             raise ConfigError(f"train.schedule must be one of {', '.join(SCHEDULES)}; got {t.schedule!r}")
+        if isinstance(t.compile, str) and t.compile != "auto":
+            raise ConfigError(f"train.compile must be true, false or \"auto\", got {t.compile!r}")
         if t.nan_policy not in NAN_POLICIES:
             raise ConfigError(f"train.nan_policy must be one of {', '.join(NAN_POLICIES)}; got {t.nan_policy!r}")
         check_run_name(self.run.name)
@@ -98,7 +100,9 @@ class Config(ReadOnlyWhenResolved):
         return tomli_w.dumps(_none_as_word(self.to_dict()))
 
     def save(self, path: str | Path) -> None:
-        Path(path).write_text(self.to_toml())
+        from hybridlm.atomic_write import write_text_atomic
+
+        write_text_atomic(path, self.to_toml())  # a crash mid-write keeps the previous file
 
     @classmethod
     def load(cls, path: str | Path, base: "Config | None" = None) -> "Config":

@@ -37,7 +37,8 @@ class TrainConfig(ReadOnlyWhenResolved):
     # bf16-pure: weights and optimizer state in bf16, as the reference scripts did
     precision: str = "auto"
     device: str = "auto"
-    compile: bool = False
+    # torch.compile per block: true / false, or "auto" (on where measured faster; see train/setup.py)
+    compile: bool | str = "auto"
     # a non-finite loss or gradient norm: "stop" the run (weights are never saved non-finite), or
     # "skip" that update (counted in the metrics) and stop after `nan_max_skips` in a row
     nan_policy: str = "stop"

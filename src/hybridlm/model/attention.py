@@ -1,8 +1,9 @@
-"""Softmax attention mixer (FLA's `Attention` names) on PyTorch SDPA: RoPE, GQA, sliding window.
+"""Softmax attention mixer (FLA's `Attention` names): RoPE, GQA, sliding window.
 
-No flash-attn dependency: `scaled_dot_product_attention` picks the flash kernel on H100 when
-the mask is plain causal. A sliding window only becomes an explicit mask when it actually cuts
-(the sequence is longer than the window), so the common case stays on the fast kernel.
+No flash-attn dependency. Without a KV cache, `hybridlm.ops.attention.causal_attention` runs it: SDPA's
+flash kernel when the mask is plain causal, FlexAttention with a cached block mask on CUDA when a
+sliding window cuts (the sequence is longer than the window). Cached decoding keeps SDPA, with an
+explicit mask only where the window cuts into the cache.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from torch import nn
 
 from hybridlm.config.model_config import ModelConfig
 from hybridlm.model.rotary import RotaryEmbedding
+from hybridlm.ops.attention import causal_attention
 
 
 class Attention(nn.Module):
@@ -57,6 +59,8 @@ class Attention(nn.Module):
         q, k, v = (z.transpose(1, 2) for z in (q, k, v))
         t, s = q.shape[2], k.shape[2]
         gqa = self.num_kv_heads != self.num_heads
+        if past == 0 and t > 1:  # training, scoring, a prefill: no earlier keys
+            return causal_attention(q, k, v, self.window_size, gqa)
         window_cuts = self.window_size is not None and s > self.window_size
         if not window_cuts and past == 0:
             return F.scaled_dot_product_attention(q, k, v, is_causal=t > 1, enable_gqa=gqa)

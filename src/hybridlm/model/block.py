@@ -16,12 +16,11 @@ class Block(nn.Module):
     def __init__(self, config: ModelConfig, layer_idx: int):
         super().__init__()
         self.layer_type = config.layer_types[layer_idx]
-        fused = config.kernels != "torch"  # FLA's Triton norms / SwiGLU on CUDA when available
-        self.attn_norm = RMSNorm(config.hidden_size, eps=config.norm_eps, use_fused=fused)
+        self.attn_norm = RMSNorm(config.hidden_size, eps=config.norm_eps)
         mixer = Attention if self.layer_type == "attention" else GatedDeltaNet
         self.attn = mixer(config, layer_idx)
-        self.mlp_norm = RMSNorm(config.hidden_size, eps=config.norm_eps, use_fused=fused)
-        self.mlp = SwiGLU(config.hidden_size, config.mlp_intermediate_size, use_fused=fused)
+        self.mlp_norm = RMSNorm(config.hidden_size, eps=config.norm_eps)
+        self.mlp = SwiGLU(config.hidden_size, config.mlp_intermediate_size)
 
     def forward(self, x: torch.Tensor, cache: dict | None = None) -> torch.Tensor:
         update = self.attn(self.attn_norm(x), cache=cache)

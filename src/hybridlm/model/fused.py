@@ -4,8 +4,8 @@ RMSNorm, the gated output norm, the causal short convolution, SwiGLU and the LM 
 in FLOPs but, written in plain PyTorch under bf16 autocast, each saves or moves several full-size
 (often float32) intermediates. FLA's fused kernels save only their inputs and compute in float32
 inside the kernel, which is both what FLA's own models do (same numerics) and tens of GB less
-activation memory at 48 x 1024 tokens. Every function here returns None when the kernels cannot
-be used (CPU tensors, FLA missing or refused), and the caller falls back to its PyTorch code.
+activation memory at 48 x 1024 tokens. `model/kernels.py` decides once whether these run; the
+functions here assume FLA is usable (CUDA tensors, FLA importable and not refused).
 """
 
 from __future__ import annotations
@@ -14,26 +14,26 @@ import functools
 
 import torch
 
+from hybridlm.ops.cross_entropy import linear_cross_entropy as torch_linear_cross_entropy
+from hybridlm.ops.gated_delta_rule import gated_delta_rule, gated_delta_rule_with_gates
 
-@functools.lru_cache(maxsize=None)
-def _kernels(device_type: str):
-    if device_type != "cuda":
-        return None
-    from hybridlm.ops.gdn_fla import fla_usable
 
-    usable, _ = fla_usable("cuda")
-    if not usable:
-        return None
+@functools.lru_cache(maxsize=1)
+def load() -> dict:
+    """FLA's kernel functions by name, imported once. Raises BackendError when the core ones cannot be
+    imported; the fused loss is optional (it needs torch.distributed.tensor): absent from the dict then."""
+    from hybridlm.errors import BackendError
+
     try:
         from fla.modules.activations import swiglu
         from fla.modules.causal_conv1d import causal_conv1d
         from fla.modules.norm.fused_norm_gate import rms_norm_gated
         from fla.modules.norm.layernorm import rms_norm
-    except Exception:  # noqa: BLE001 - any import problem means: use the PyTorch path
-        return None
+    except Exception as exc:  # noqa: BLE001 - any import problem: FLA's layer kernels cannot run
+        raise BackendError(f"FLA's fused layer kernels cannot be imported ({type(exc).__name__}: {exc})") from None
     kernels = {"rms_norm": rms_norm, "rms_norm_gated": rms_norm_gated, "causal_conv1d": causal_conv1d,
                "swiglu": swiglu}
-    try:  # its own try: it needs torch.distributed.tensor, which the others do not
+    try:
         from fla.modules.fused_linear_cross_entropy import fused_linear_cross_entropy_loss
 
         kernels["linear_cross_entropy"] = fused_linear_cross_entropy_loss
@@ -42,39 +42,46 @@ def _kernels(device_type: str):
     return kernels
 
 
-def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor | None:
-    k = _kernels(x.device.type)
-    return None if k is None else k["rms_norm"](x, weight, None, eps=eps)
+def gdn_train(q, k, v, a, b, A_log, dt_bias, allow_neg_eigval):
+    """FLA's chunk kernel with the gates and q/k norms fused in, as FLA's GatedDeltaNet layer calls it."""
+    return gated_delta_rule_with_gates(q, k, v, a, b, A_log, dt_bias, allow_neg_eigval, backend="fla")
+
+
+def gdn(q, k, v, g, beta, initial_state, output_final_state):
+    """Prefill / decoding with a state: FLA's chunk kernel, or its fused recurrent one for short inputs."""
+    return gated_delta_rule(q, k, v, g, beta, initial_state=initial_state, output_final_state=output_final_state,
+                            backend="fla", use_qk_l2norm_in_kernel=True)
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    if torch.is_autocast_enabled(x.device.type):
+        # The norm's output feeds up to six projections, and autocast would cast an fp32 output to bf16
+        # once per projection. Casting the input once instead (the kernel still normalises in fp32)
+        # rounds it to bf16 first, as FLA's bf16 models do; the fp32 residual stream is untouched.
+        x = x.to(torch.get_autocast_dtype(x.device.type))
+    return load()["rms_norm"](x, weight, None, eps=eps)
 
 
 def add_rms_norm(update: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor,
-                 eps: float) -> tuple[torch.Tensor, torch.Tensor] | None:
+                 eps: float) -> tuple[torch.Tensor, torch.Tensor]:
     """(rms_norm(residual + update), residual + update) in one kernel, as FLA's blocks do before their MLP:
     the sum is normalised in float32 before it is stored in the residual's dtype, and the normalised
     output takes the update's dtype (bf16 under autocast, so no cast before the MLP's projections)."""
-    k = _kernels(update.device.type)
-    if k is None:
-        return None
-    return k["rms_norm"](update, weight, None, residual=residual, eps=eps, prenorm=True)
+    return load()["rms_norm"](update, weight, None, residual=residual, eps=eps, prenorm=True)
 
 
-def gated_rms_norm(x: torch.Tensor, gate: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor | None:
-    k = _kernels(x.device.type)
-    return None if k is None else k["rms_norm_gated"](x, gate, weight, None, activation="swish", eps=eps)
+def gated_rms_norm(x: torch.Tensor, gate: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    return load()["rms_norm_gated"](x, gate, weight, None, activation="swish", eps=eps)
 
 
-def short_conv_silu(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor | None:
+def short_conv(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """Causal depthwise conv + SiLU for a whole sequence (no cache); weight [D, 1, K]."""
-    k = _kernels(x.device.type)
-    if k is None:
-        return None
-    y, _ = k["causal_conv1d"](x=x, weight=weight.squeeze(1), activation="silu")
+    y, _ = load()["causal_conv1d"](x=x, weight=weight.to(x.dtype).squeeze(1), activation="silu")
     return y
 
 
-def swiglu(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor | None:
-    k = _kernels(gate.device.type)
-    return None if k is None else k["swiglu"](gate, up)
+def swiglu(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
+    return load()["swiglu"](gate, up)
 
 
 # Vocabulary rows are padded to a multiple of this for the loss GEMMs: with an odd row count (GPT-2's
@@ -98,23 +105,21 @@ def aligned_head(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | Non
     return torch.nn.functional.pad(weight, (0, 0, 0, pad)), bias
 
 
-def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor) -> torch.Tensor | None:
+def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """Training loss of `hidden @ weight.T` (mean over targets != -100) with FLA's fused linear CE.
 
     It computes the gradients chunk by chunk during the forward (one pass over bf16 logits, no
-    recomputation), so it is only worth it when a backward follows: None without grad mode."""
-    k = _kernels(hidden.device.type)
-    if k is None or "linear_cross_entropy" not in k or not torch.is_grad_enabled():
-        return None
+    recomputation), so it is only worth it when a backward follows: without grad mode (evaluation),
+    or in float64 (FLA computes in float32 at most), the chunked PyTorch loss runs instead."""
     hidden2d = hidden.reshape(-1, hidden.shape[-1])
     if torch.is_autocast_enabled(hidden2d.device.type):  # custom kernels run outside autocast
         hidden2d = hidden2d.to(torch.get_autocast_dtype(hidden2d.device.type))
-    if hidden2d.dtype not in (torch.bfloat16, torch.float16, torch.float32):
-        return None  # FLA's kernels compute in float32 at most: float64 keeps the exact PyTorch loss
+    if not torch.is_grad_enabled() or hidden2d.dtype not in (torch.bfloat16, torch.float16, torch.float32):
+        return torch_linear_cross_entropy(hidden, weight, targets)
     head, bias = aligned_head(weight.to(hidden2d.dtype))
     # accumulate_grad_in_fp32=False: the LM-head gradient is summed over FLA's token chunks (6 of 8,192
     # rows at 48 x 1024) in bf16, each chunk's product accumulated in fp32 inside the GEMM and then
     # rounded: the order of rounding every other weight gradient gets under autocast. The fp32 option
     # runs those GEMMs in fp32 and cost 15 ms of a 472 ms step on an H100 (docs/gpu-verification.md).
-    return k["linear_cross_entropy"](hidden2d, targets.reshape(-1), head, bias,
-                                     accumulate_grad_in_fp32=hidden2d.dtype == torch.float32)
+    return load()["linear_cross_entropy"](hidden2d, targets.reshape(-1), head, bias,
+                                          accumulate_grad_in_fp32=hidden2d.dtype == torch.float32)

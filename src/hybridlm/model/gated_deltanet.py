@@ -17,14 +17,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from hybridlm.config.model_config import ModelConfig
+from hybridlm.model.kernels import TORCH_KERNELS, Kernels
 from hybridlm.model.norm import GatedRMSNorm, RMSNorm
 from hybridlm.model.short_conv import ShortConvolution
-from hybridlm.ops import gated_delta_rule
-from hybridlm.ops.gated_delta_rule import resolve_backend
-from hybridlm.ops.gdn_fla import fla_chunk_with_raw_gates
 
 
 class GatedDeltaNet(nn.Module):
+    kernels: Kernels = TORCH_KERNELS  # set by HybridLM when it is built or moved
+
     def __init__(self, config: ModelConfig, layer_idx: int):
         super().__init__()
         self.layer_idx = layer_idx
@@ -37,9 +37,7 @@ class GatedDeltaNet(nn.Module):
         self.allow_neg_eigval = config.allow_neg_eigval
         self.use_gate = config.use_gate
         self.use_short_conv = config.use_short_conv
-        self.kernels = config.kernels
         hidden = config.hidden_size
-        fused = config.kernels != "torch"
 
         self.q_proj = nn.Linear(hidden, self.key_dim, bias=False)
         self.k_proj = nn.Linear(hidden, self.key_dim, bias=False)
@@ -49,14 +47,14 @@ class GatedDeltaNet(nn.Module):
         self.A_log = nn.Parameter(torch.empty(self.num_v_heads))
         self.dt_bias = nn.Parameter(torch.empty(self.num_v_heads))
         if self.use_short_conv:
-            self.q_conv1d = ShortConvolution(self.key_dim, config.conv_size, use_fused=fused)
-            self.k_conv1d = ShortConvolution(self.key_dim, config.conv_size, use_fused=fused)
-            self.v_conv1d = ShortConvolution(self.value_dim, config.conv_size, use_fused=fused)
+            self.q_conv1d = ShortConvolution(self.key_dim, config.conv_size)
+            self.k_conv1d = ShortConvolution(self.key_dim, config.conv_size)
+            self.v_conv1d = ShortConvolution(self.value_dim, config.conv_size)
         if self.use_gate:
             self.g_proj = nn.Linear(hidden, self.value_dim, bias=False)
-            self.o_norm = GatedRMSNorm(self.head_v_dim, eps=config.norm_eps, use_fused=fused)
+            self.o_norm = GatedRMSNorm(self.head_v_dim, eps=config.norm_eps)
         else:
-            self.o_norm = RMSNorm(self.head_v_dim, eps=config.norm_eps, use_fused=fused)
+            self.o_norm = RMSNorm(self.head_v_dim, eps=config.norm_eps)
         self.o_proj = nn.Linear(self.value_dim, hidden, bias=False)
         self.reset_decay_parameters()
 
@@ -85,22 +83,16 @@ class GatedDeltaNet(nn.Module):
         q = self._conv("q", self.q_proj(x), cache).view(b, t, self.num_heads, self.head_k_dim)
         k = self._conv("k", self.k_proj(x), cache).view(b, t, self.num_heads, self.head_k_dim)
         v = self._conv("v", self.v_proj(x), cache).view(b, t, self.num_v_heads, self.head_v_dim)
-        if cache is None and resolve_backend(self.kernels, x.device) == "fla":
-            # training / scoring on CUDA: FLA's layer path, gates and norms fused into the kernel
-            o = fla_chunk_with_raw_gates(q, k, v, self.a_proj(x), self.b_proj(x), self.A_log, self.dt_bias,
-                                         self.allow_neg_eigval)
+        a, beta_raw = self.a_proj(x), self.b_proj(x)
+        if cache is None:  # training / scoring: gates and q/k norms fused into FLA's chunk kernel
+            o = self.kernels.gdn_train(q, k, v, a, beta_raw, self.A_log, self.dt_bias, self.allow_neg_eigval)
             return self._output(x, o)
         acc = torch.promote_types(x.dtype, torch.float32)  # gates in float32 (float64 in tests)
-        beta = self.b_proj(x).to(acc).sigmoid()
+        beta = beta_raw.to(acc).sigmoid()
         if self.allow_neg_eigval:
             beta = beta * 2.0
-        g = -self.A_log.to(acc).exp() * F.softplus(self.a_proj(x).to(acc) + self.dt_bias.to(acc))
-        state = cache.get("state") if cache is not None else None
-        o, final_state = gated_delta_rule(
-            q, k, v, g, beta, initial_state=state, output_final_state=cache is not None,
-            backend=self.kernels, use_qk_l2norm_in_kernel=True)
-        if cache is not None:
-            cache["state"] = final_state
+        g = -self.A_log.to(acc).exp() * F.softplus(a.to(acc) + self.dt_bias.to(acc))
+        o, cache["state"] = self.kernels.gdn(q, k, v, g, beta, cache.get("state"), True)
         return self._output(x, o)
 
     def _output(self, x: torch.Tensor, o: torch.Tensor) -> torch.Tensor:

@@ -12,12 +12,12 @@ import torch
 from torch import nn
 
 from hybridlm.config.model_config import ModelConfig
-from hybridlm.model import fused
 from hybridlm.model.block import Block
 from hybridlm.model.cache import ModelCache
 from hybridlm.model.gated_deltanet import GatedDeltaNet
+from hybridlm.model.kernels import Kernels, resolve_kernels
 from hybridlm.model.norm import RMSNorm
-from hybridlm.ops.cross_entropy import IGNORE_INDEX, linear_cross_entropy
+from hybridlm.ops.cross_entropy import IGNORE_INDEX
 
 
 @dataclass
@@ -34,7 +34,7 @@ class Backbone(nn.Module):
         super().__init__()
         self.embeddings = nn.Embedding(config.vocab_size, config.hidden_size)
         self.layers = nn.ModuleList(Block(config, i) for i in range(config.num_hidden_layers))
-        self.norm = RMSNorm(config.hidden_size, eps=config.norm_eps, use_fused=config.kernels != "torch")
+        self.norm = RMSNorm(config.hidden_size, eps=config.norm_eps)
 
     def forward(self, input_ids: torch.Tensor, cache: ModelCache | None = None) -> torch.Tensor:
         x = self.embeddings(input_ids)
@@ -53,6 +53,27 @@ class HybridLM(nn.Module):
         self.apply(self._init_weights)
         if config.tie_word_embeddings:
             self.lm_head.weight = self.model.embeddings.weight
+        self.use_kernels(resolve_kernels(config.kernels, "cpu", strict=False))
+
+    # ---------------------------------------------------------------- kernels
+    def use_kernels(self, kernels: Kernels) -> None:
+        """Give every module the kernel record (done on build and on every move to another device)."""
+        self.kernels = kernels
+        self._kernels_device = self.lm_head.weight.device
+        for module in self.modules():
+            if isinstance(getattr(type(module), "kernels", None), Kernels):  # the modules that run kernels
+                module.kernels = kernels
+
+    def _apply(self, fn, recurse: bool = True):
+        """`.to()`, `.cuda()`, `.cpu()` end here: re-choose the kernels when the device changes."""
+        out = super()._apply(fn, recurse)
+        if self.lm_head.weight.device != getattr(self, "_kernels_device", None):
+            self.use_kernels(resolve_kernels(self.config.kernels, self.lm_head.weight.device,
+                                             for_compile=self.kernels_for_compile, strict=False))
+        return out
+
+    kernels: Kernels
+    kernels_for_compile = False  # set by the trainer's compile step (see train/compile.py)
 
     def _init_weights(self, module: nn.Module) -> None:
         """FLA's initialisation: normal(0, initializer_range) for linear, conv and embedding weights."""
@@ -78,9 +99,7 @@ class HybridLM(nn.Module):
             cache.seen_tokens += input_ids.shape[1]
         loss = logits = None
         if labels is not None:
-            fused_loss = fused.linear_cross_entropy(hidden, self.lm_head.weight, labels) \
-                if self.config.kernels != "torch" else None
-            loss = fused_loss if fused_loss is not None else linear_cross_entropy(hidden, self.lm_head.weight, labels)
+            loss = self.kernels.linear_cross_entropy(hidden, self.lm_head.weight, labels)
         if return_logits:
             logits = self.lm_head(hidden)
         return LMOutput(loss=loss, logits=logits, cache=cache)

@@ -1,7 +1,8 @@
 """Causal depthwise short convolution followed by SiLU (FLA's `ShortConvolution`).
 
-The weight is an `nn.Conv1d` depthwise kernel `[D, 1, K]`, so checkpoints match FLA's. For
-decoding, the last K-1 inputs are the convolution's state: a new token needs only them.
+The weight is an `nn.Conv1d` depthwise kernel `[D, 1, K]`, so checkpoints match FLA's. A whole
+sequence from zeros (training) runs the kernel record's `short_conv`; for decoding, the last K-1
+inputs are the convolution's state, and a new token needs only them.
 """
 
 from __future__ import annotations
@@ -10,14 +11,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from hybridlm.model import fused
+from hybridlm.model.kernels import TORCH_KERNELS, Kernels
 
 
 class ShortConvolution(nn.Conv1d):
-    def __init__(self, hidden_size: int, kernel_size: int = 4, use_fused: bool = False):
+    kernels: Kernels = TORCH_KERNELS  # set by HybridLM when it is built or moved
+
+    def __init__(self, hidden_size: int, kernel_size: int = 4):
         super().__init__(hidden_size, hidden_size, kernel_size, groups=hidden_size, bias=False,
                          padding=0)
-        self.use_fused = use_fused
 
     def forward(self, x: torch.Tensor, tail: torch.Tensor | None = None,  # type: ignore[override]
                 return_tail: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -25,11 +27,9 @@ class ShortConvolution(nn.Conv1d):
 
         Returns silu(conv(x)) [B, T, D] and, when asked, the new tail for the next call.
         """
+        if tail is None and not return_tail:
+            return self.kernels.short_conv(x, self.weight), None
         k = self.kernel_size[0]
-        if self.use_fused and x.is_cuda and tail is None and not return_tail:
-            y = fused.short_conv_silu(x, self.weight.to(x.dtype))
-            if y is not None:
-                return y, None
         if tail is None:
             tail = x.new_zeros(x.shape[0], k - 1, x.shape[2])
         full = torch.cat([tail.to(x.dtype), x], dim=1)  # [B, K-1+T, D]

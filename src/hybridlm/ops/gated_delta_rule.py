@@ -15,7 +15,7 @@ import torch
 
 from hybridlm.errors import BackendError
 from hybridlm.ops import gdn_torch
-from hybridlm.ops.gdn_fla import fla_gated_delta_rule, fla_usable
+from hybridlm.ops.gdn_fla import fla_chunk_with_raw_gates, fla_gated_delta_rule, fla_usable
 
 BACKENDS = ("auto", "torch", "fla")
 MODES = ("auto", "chunk", "recurrent")
@@ -125,3 +125,32 @@ def gated_delta_rule(
     if chosen_mode == "chunk":
         return gdn_torch.chunk_gated_delta_rule(*args)
     return gdn_torch.recurrent_gated_delta_rule(*args)
+
+
+def gated_delta_rule_with_gates(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    a: torch.Tensor,
+    b: torch.Tensor,
+    A_log: torch.Tensor,
+    dt_bias: torch.Tensor,
+    allow_neg_eigval: bool = False,
+    backend: str = "auto",
+) -> torch.Tensor:
+    """The GDN layer's training call, from its raw gate projections (no state in or out).
+
+    ``beta = sigmoid(b)`` (x2 with ``allow_neg_eigval``), ``g = -exp(A_log) * softplus(a + dt_bias)``,
+    q and k L2-normalised, then the gated delta rule. With FLA the gates and norms are fused into its
+    chunk kernel, exactly as FLA's own layer calls it; this is the function the model trains with, so
+    ``hybridlm verify`` checks this call. a, b: ``[B, T, HV]``; A_log, dt_bias: ``[HV]``.
+    """
+    if backend == "fla" or (backend == "auto" and resolve_backend("auto", q.device) == "fla"):
+        return fla_chunk_with_raw_gates(q, k, v, a, b, A_log, dt_bias, allow_neg_eigval)
+    acc = torch.promote_types(q.dtype, torch.float32)  # gates in float32 (float64 in tests)
+    beta = b.to(acc).sigmoid()
+    if allow_neg_eigval:
+        beta = beta * 2.0
+    g = -A_log.to(acc).exp() * torch.nn.functional.softplus(a.to(acc) + dt_bias.to(acc))
+    o, _ = gated_delta_rule(q, k, v, g, beta, backend="torch", use_qk_l2norm_in_kernel=True)
+    return o

@@ -7,6 +7,7 @@ CPU-only runs must never pay for. ``fla_usable`` is the single place that decide
 from __future__ import annotations
 
 import functools
+import os
 
 import torch
 
@@ -18,7 +19,12 @@ FLA_INSTALL_HINT = "pip install flash-linear-attention==0.6.0"
 
 @functools.lru_cache(maxsize=1)
 def _fla_import_problem() -> str | None:
-    """Import fla once; return why it failed (one line) or None."""
+    """Import fla once; return why it failed (one line) or None.
+
+    Before the import, Triton is told to keep its autotuning results in its cache (unless the user
+    chose otherwise): FLA autotunes every kernel on first use, 79 s of a first step on a fresh H200,
+    and with the results cached a later process starts in seconds."""
+    os.environ.setdefault("TRITON_CACHE_AUTOTUNING", "1")
     try:
         import fla  # noqa: F401
         import fla.ops.gated_delta_rule  # noqa: F401

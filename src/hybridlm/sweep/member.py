@@ -23,6 +23,7 @@ def _record(error_file: Path | None, message: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv_given = argv
     argv = list(sys.argv[1:] if argv is None else argv)
     error_file = None
     if len(argv) >= 2 and argv[0] == "--error-file":
@@ -45,6 +46,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except TrainingInterrupted as exc:
+        if argv_given is None:  # the process is ours: a late second signal must not change the exit code
+            from hybridlm.cli import _ignore_further_signals
+
+            _ignore_further_signals()
         print(f"{exc}", file=sys.stderr)
         _record(error_file, str(exc))
         return exc.exit_code

@@ -20,7 +20,7 @@ from hybridlm.fla_source import ENV_VAR as FLA_ENV_VAR
 from hybridlm.fla_source import activate_fla_source
 from hybridlm.runs import RunDir, find_run_dir, load_run_config
 from hybridlm.runs.writer import RunLock, clear_run, describe_run, holds_run
-from hybridlm.runs.checkpoint import read_trainer_state, verify_checkpoint
+from hybridlm.runs.checkpoint import OPTIMIZER_TENSORS, read_trainer_state, verify_checkpoint
 from hybridlm.runs.environment import environment_info
 from hybridlm.train.distributed import process_info
 from hybridlm.train.precision import resolve_device, resolve_precision
@@ -62,9 +62,8 @@ def _train_locked(run: RunDir, config: Config, checkpoint: Path | None, progress
     run.prepare()
 
     from hybridlm.data import TrainSampler, prepare_data, validation_batches
-    from hybridlm.model import HybridLM
-    from hybridlm.ops.gated_delta_rule import resolve_backend
     from hybridlm.runs.plots import plot_training_curves
+    from hybridlm.train.setup import build_training
     from hybridlm.train.trainer import Trainer
 
     proc = process_info()
@@ -76,22 +75,24 @@ def _train_locked(run: RunDir, config: Config, checkpoint: Path | None, progress
         config = resolve(base=config, values={"model.vocab_size": data.tokenizer.vocab_size})
     device = resolve_device(config.train.device)
     precision = resolve_precision(config.train.precision, device)
-    kernel_backend = resolve_backend(config.model.kernels, device)
-
-    if proc.is_main:
-        config.save(run.config_file)
-        data.tokenizer.save(run.tokenizer_dir)
 
     torch.manual_seed(config.train.seed)
-    model = HybridLM(config.model).to(device=device, dtype=precision.param_dtype)
+    parts = build_training(config, precision)
+    kernels = parts.model.kernels.describe()
     sampler = TrainSampler(data.train_tokens, config.train.batch_size, config.data.seq_len, seed=config.data.seed,
                            on_exhausted=config.data.on_exhausted, rank=proc.rank, world_size=proc.world_size,
                            pin_memory=device.type == "cuda")
     val = validation_batches(data.val_tokens, config.train.batch_size, config.data.seq_len,
                              config.train.eval_batches)
-    trainer = Trainer(config, run, model, precision, sampler, val, kernel_backend, progress=progress, stop=stop)
+    trainer = Trainer(config, run, parts, precision, sampler, val, progress=progress, stop=stop)
+    trainer.progress.write("kernels: " + ", ".join(f"{k} {v}" for k, v in kernels.items() if k != "reason")
+                           + (", blocks compiled" if parts.compiled else "") + f" ({kernels['reason']})")
     if checkpoint is not None:
-        trainer.restore(checkpoint)
+        trainer.restore(checkpoint)  # every check that can refuse the resume runs before anything is written
+    if proc.is_main:
+        config.save(run.config_file)
+        data.tokenizer.save(run.tokenizer_dir)
+    if checkpoint is not None:
         run.truncate_metrics(after_step=trainer.state.step)
         trainer.progress.write(f"resumed from {checkpoint} at step {trainer.state.step}")
     else:
@@ -118,7 +119,8 @@ def _train_locked(run: RunDir, config: Config, checkpoint: Path | None, progress
         "data": {k: data.manifest.get(k) for k in ("source", "tokenizer", "vocab_size", "train_tokens",
                                                      "val_tokens", "train_documents", "val_documents")},
         "results": {**summary["results"], "total_time_s": previous_time + wall},
-        "environment": {**environment_info(device, kernel_backend), "precision": precision.name, "fla": fla},
+        "environment": {**environment_info(device, parts.model.kernels.backend), "precision": precision.name,
+                        "fla": fla, "kernels": kernels, "compiled": parts.compiled},
     }
     results["hybridlm_commit"] = results["environment"]["hybridlm_commit"]
     if proc.is_main:
@@ -147,6 +149,9 @@ def _resolve_run(config: Config | None, out, resume, extend_steps) -> tuple[RunD
     skipped: list[tuple[Path, str]] = []
     if explicit is not None:
         verify_checkpoint(explicit)  # named by the user: no fallback, a corrupt one is an error
+        if not (explicit / OPTIMIZER_TENSORS).is_file():
+            raise CheckpointError(f"{explicit} holds no optimizer state (a best-model checkpoint?); resume from "
+                                  "a periodic or final checkpoint, or from the run directory")
         checkpoint = explicit
     else:
         checkpoint = run.latest_resumable(on_skip=lambda path, reason: skipped.append((path, reason)))

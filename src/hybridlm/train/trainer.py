@@ -18,20 +18,18 @@ from typing import Any
 import torch
 
 from hybridlm.config import Config
-from hybridlm.errors import DataExhausted
-from hybridlm.model import HybridLM
+from hybridlm.errors import DataExhausted, NonFiniteError
 from hybridlm.model.accounting import count_parameters, flops_per_token
 from hybridlm.ops.cross_entropy import linear_cross_entropy_stats
 from hybridlm.runs.run_dir import RunDir
 from hybridlm.runs import checkpoint as ckpt
 from hybridlm.train.distributed import process_info
-from hybridlm.train.nonfinite import NonFiniteGuard
-from hybridlm.train.optim import build_optimizer
 from hybridlm.train.precision import Precision
 from hybridlm.train.progress import Progress
 from hybridlm.train.schedule import lr_at
 from hybridlm.train.signals import GracefulStop
-from hybridlm.train.step import StepResult, loss_of, train_step
+from hybridlm.train.setup import TrainingParts
+from hybridlm.train.step import StepResult, train_step
 
 PEAK_BF16_FLOPS = {"H100": 989e12, "H200": 989e12, "H800": 989e12, "A100": 312e12, "L40S": 362e12,
                    "RTX 4090": 165e12}
@@ -73,21 +71,20 @@ class TrainState:
 
 
 class Trainer:
-    def __init__(self, config: Config, run: RunDir, model: HybridLM, precision: Precision, sampler,
-                 val_batches: list[torch.Tensor], kernel_backend: str, progress: bool | None = None,
-                 stop: GracefulStop | None = None):
+    def __init__(self, config: Config, run: RunDir, parts: TrainingParts, precision: Precision, sampler,
+                 val_batches: list[torch.Tensor], progress: bool | None = None, stop: GracefulStop | None = None):
         self.config = config
         self.run = run
-        self.model = model
+        self.model = parts.model
+        self.optimizer = parts.optimizer
+        self.forward = parts.forward
+        self.guard = parts.guard
         self.precision = precision
         self.device = precision.device
         self.sampler = sampler
         self.val_batches = val_batches
-        self.kernel_backend = kernel_backend
         self.proc = process_info()
         t = config.train
-        self.optimizer = build_optimizer(model, t.lr, t.weight_decay, (t.beta1, t.beta2), t.eps, self.device.type)
-        self.forward = loss_of(torch.compile(model) if t.compile else model)
         self.state = TrainState()
         self.tokens_per_step = t.batch_size * t.grad_accum * config.data.seq_len * self.proc.world_size
         self.flops_per_token = flops_per_token(config.model, config.data.seq_len)
@@ -95,13 +92,18 @@ class Trainer:
         self.progress = Progress(total=t.max_steps, enabled=progress, is_main=self.proc.is_main)
         self.stopped_early: str | None = None
         self.stop = stop if stop is not None else GracefulStop()  # a never-signalled one: stop.requested False
-        self.guard = NonFiniteGuard(t.nan_policy, t.nan_max_skips, self.device)
+        self.first_step_s: float | None = None  # wall time of the first step (compilation, autotuning)
         self.interval_rates: list[float] = []  # tokens/s of each log interval of this process
         self._writers: list = []
 
     # ----------------------------------------------------------------- resume
     def restore(self, checkpoint: Path) -> None:
+        """Everything a checkpoint holds; one-line errors (corrupt file, non-finite weights) before any training."""
         ckpt.load_model_weights(checkpoint, self.model)
+        bad = ckpt.first_non_finite(self.model.state_dict().items())
+        if bad is not None:
+            raise NonFiniteError(f"{checkpoint} holds non-finite weights (e.g. {bad}); resume from an earlier "
+                                 f"checkpoint with --resume {checkpoint.parent}/step_NNNNNN")
         ckpt.load_optimizer_state(checkpoint, self.optimizer)
         ckpt.restore_rng(checkpoint)
         self.state = TrainState.from_json(ckpt.read_trainer_state(checkpoint))
@@ -134,6 +136,10 @@ class Trainer:
                 self.progress.write(f"stopping: {exc}")
                 break
             loss, grad_norm, finite = result.loss, result.grad_norm, result.finite
+            if self.first_step_s is None:
+                if self.device.type == "cuda":
+                    torch.cuda.synchronize(self.device)  # once: the first step's real duration
+                self.first_step_s = time.perf_counter() - interval_start
             self.state.step += 1
             self.state.tokens += self.tokens_per_step
             step = self.state.step
@@ -296,5 +302,6 @@ class Trainer:
                 "mfu": tps * self.flops_per_token / self.peak_flops if (tps and self.peak_flops) else None,
                 "flops_per_token": self.flops_per_token,
                 "stopped_early": self.stopped_early,
+                "first_step_s": self.first_step_s,
             },
         }

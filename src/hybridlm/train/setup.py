@@ -1,0 +1,64 @@
+"""Everything a training step needs, built once: the model on its device with its kernel record,
+the per-block compile, the optimizer and the non-finite guard (torchtitan's order: the model is
+finished, then compiled block by block, then the optimizer sees its parameters).
+
+The trainer and the benchmarks both build through here, so a benchmark measures the product.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from hybridlm.config import Config
+from hybridlm.model import HybridLM
+from hybridlm.train.nonfinite import NonFiniteGuard
+from hybridlm.train.optim import build_optimizer
+from hybridlm.train.precision import Precision
+from hybridlm.train.step import loss_of
+
+
+@dataclass
+class TrainingParts:
+    model: HybridLM
+    optimizer: torch.optim.Optimizer
+    forward: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (inputs, labels) -> loss
+    guard: NonFiniteGuard
+    compiled: bool
+
+
+def compile_wanted(setting: bool | str, device: torch.device) -> bool:
+    """`train.compile`: true / false, or "auto": on only where it was measured faster than eager.
+
+    Until the GPU benchmark shows compiled blocks ahead for a layout (docs/benchmarks.md), "auto"
+    stays eager; on a CPU it always does (compiling costs more than tiny models win)."""
+    if isinstance(setting, bool):
+        return setting
+    return False
+
+
+def compile_blocks(model: HybridLM) -> None:
+    """Compile each block in place (parameter names unchanged), with the kernel record for compiled code:
+    PyTorch norms / SwiGLU / conv that Inductor fuses, FLA only for the GDN chunk kernel and the loss."""
+    from hybridlm.model.kernels import resolve_kernels
+
+    model.kernels_for_compile = True
+    model.use_kernels(resolve_kernels(model.config.kernels, model.lm_head.weight.device, for_compile=True,
+                                      strict=False))
+    for block in model.model.layers:
+        block.compile()
+
+
+def build_training(config: Config, precision: Precision) -> TrainingParts:
+    """The model (seeded by the caller), moved to the device (which picks its kernels), compiled per
+    block when asked, its AdamW, and the guard."""
+    t = config.train
+    model = HybridLM(config.model).to(device=precision.device, dtype=precision.param_dtype)
+    compiled = compile_wanted(t.compile, precision.device)
+    if compiled:
+        compile_blocks(model)
+    optimizer = build_optimizer(model, t.lr, t.weight_decay, (t.beta1, t.beta2), t.eps, precision.device.type)
+    guard = NonFiniteGuard(t.nan_policy, t.nan_max_skips, precision.device)
+    return TrainingParts(model, optimizer, loss_of(model), guard, compiled)
