@@ -53,6 +53,19 @@ def time_steps(step, steps: int, warmup: int) -> dict:
             "peak_gb": torch.cuda.max_memory_allocated() / 1e9, "loss": float(result.loss)}
 
 
+def profile(step, path: Path, steps: int = 3) -> None:
+    """The top CUDA kernels of `steps` warm steps, by total CUDA time (what bounds the step)."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    torch.cuda.synchronize()
+    with torch_profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        for _ in range(steps):
+            step()
+        torch.cuda.synchronize()
+    path.write_text(prof.key_averages().table(sort_by="cuda_time_total", row_limit=40, max_name_column_width=80))
+
+
 def batches(batch: int, seq: int, count: int = 4) -> list[torch.Tensor]:
     gen = torch.Generator().manual_seed(batch * seq)
     return [torch.randint(0, VOCAB, (batch, seq + 1), generator=gen).pin_memory() for _ in range(count)]
@@ -126,6 +139,7 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--out", type=Path, default=Path("/tmp/bench"))
+    p.add_argument("--profile", action="store_true", help="write OUT/profile_ROW_SHAPE_MODE.txt for each row")
     p.add_argument("--budget-s", type=float, default=1e9, help="skip the rows left once this much time has passed")
     args = p.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
@@ -151,6 +165,8 @@ def main() -> None:
                     timing = time_steps(step, args.steps, args.warmup)
                     tps = batch * seq / (timing["ms"] / 1e3)
                     row.update(timing, tokens_per_s=tps, mfu=tps * fpt / PEAK, params=params)
+                    if args.profile:
+                        profile(step, args.out / f"profile_{name}_{shape}_{mode}.txt")
                 except Exception as exc:  # noqa: BLE001 - report the row, go on with the others
                     row["error"] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
                     traceback.print_exc()

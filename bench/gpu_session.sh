@@ -49,8 +49,8 @@ train_part() {  # STEPS: baseline vs our step (+ profiles), h100_hybrid_sparse, 
   # a cold Triton cache costs the first process ~4 minutes of autotuning (docs/gpu-verification.md)
   local warm=0; [ -d /tmp/triton-cache/triton-cache ] && warm=1
   local bench_s=120 train_s=140 steps=${1:-200}; [ "$warm" = 0 ] && { bench_s=280; train_s=100; steps=${1:-100}; }
-  limit "$bench_s" python3 bench/bench_gpu_train.py --out /tmp/gpu-runs/profiles --skip-train --presets h100_deltanet \
-    --baseline-steps 20 > "$out/bench.txt" 2>&1; echo "bench rc=$? after $((SECONDS - started)) s" >> "$out/bench.txt"
+  limit "$bench_s" python3 bench/bench_train_gpu.py --out /tmp/gpu-runs/profiles --rows h100_deltanet,baseline \
+    --modes eager --profile > "$out/bench.txt" 2>&1; echo "bench rc=$? after $((SECONDS - started)) s" >> "$out/bench.txt"
   cat /tmp/gpu.txt >> "$out/bench.txt"
   save_cache triton-cache
   train_preset h100_hybrid_sparse "$train_s" "$steps"
@@ -61,7 +61,7 @@ train_part() {  # STEPS: baseline vs our step (+ profiles), h100_hybrid_sparse, 
   # runs (without checkpoints) and the profiles travel as one file: a call brings back at most 8
   tar --exclude checkpoints -cJf "$out/runs.tar.xz" -C /tmp gpu-runs 2>/dev/null
   save_cache triton-cache
-  grep "seed baseline:\|hybridlm step\|rc=" "$out/bench.txt"
+  grep "^|\|rc=" "$out/bench.txt"
   for preset in h100_hybrid_sparse h100_deltanet; do grep -s "val loss\|throughput\|rc=" "$out/train_$preset.txt" | tail -4; done
   tail -4 "$out/eval_bench.txt"
 }

@@ -29,14 +29,16 @@ class TrainingParts:
     compiled: bool
 
 
-def compile_wanted(setting: bool | str, device: torch.device) -> bool:
+def compile_wanted(setting: bool | str, config: Config, device: torch.device) -> bool:
     """`train.compile`: true / false, or "auto": on only where it was measured faster than eager.
 
-    Until the GPU benchmark shows compiled blocks ahead for a layout (docs/benchmarks.md), "auto"
-    stays eager; on a CPU it always does (compiling costs more than tiny models win)."""
+    Measured on an H200 (docs/benchmarks.md, 2026-12-01): compiled blocks are faster for layouts without
+    GDN layers (h100_transformer 443K vs 313K tokens/s at 48 x 1024) and slower wherever GDN layers are
+    (FLA's chunk kernel breaks the graph: h100_deltanet 93K vs 136K). On a CPU compiling costs more
+    than small models win. So "auto" compiles attention-only models on CUDA."""
     if isinstance(setting, bool):
         return setting
-    return False
+    return device.type == "cuda" and "gdn" not in config.model.layer_types
 
 
 def compile_blocks(model: HybridLM) -> None:
@@ -56,7 +58,7 @@ def build_training(config: Config, precision: Precision) -> TrainingParts:
     block when asked, its AdamW, and the guard."""
     t = config.train
     model = HybridLM(config.model).to(device=precision.device, dtype=precision.param_dtype)
-    compiled = compile_wanted(t.compile, precision.device)
+    compiled = compile_wanted(t.compile, config, precision.device)
     if compiled:
         compile_blocks(model)
     optimizer = build_optimizer(model, t.lr, t.weight_decay, (t.beta1, t.beta2), t.eps, precision.device.type)
