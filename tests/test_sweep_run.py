@@ -164,7 +164,7 @@ def test_failed_members_are_recorded_and_the_others_finish(tmp_path, capsys):
     ok, crash = members["tiny__attention_layers=0__kernels=torch"], members["tiny__attention_layers=0__kernels=fla"]
     assert ok["status"] == "done" and ok["error"] is None
     # a member that crashes at run time (FLA kernels on a CPU) fails alone, with its error message
-    assert crash["status"] == "failed" and "backend='fla' unavailable" in crash["error"] and crash["returncode"] == 2
+    assert crash["status"] == "failed" and "model.kernels = 'fla' cannot run" in crash["error"] and crash["returncode"] == 2
     # members whose config is invalid fail at plan time and never start
     for name in ("tiny__attention_layers=99__kernels=torch", "tiny__attention_layers=99__kernels=fla"):
         assert members[name]["status"] == "failed" and "index 99" in members[name]["error"]
@@ -175,7 +175,7 @@ def test_failed_members_are_recorded_and_the_others_finish(tmp_path, capsys):
     assert summary["counts"] == {"done": 1, "failed": 3, "other": 0}
     assert summary["members"][0]["name"] == ok["name"] and summary["members"][0]["rank"] == 1
     md = (out / "summary.md").read_text()
-    assert "## Failures" in md and "backend='fla' unavailable" in md and "(eval): unknown eval task" in md
+    assert "## Failures" in md and "model.kernels = 'fla' cannot run" in md and "(eval): unknown eval task" in md
 
     # rerun: the finished member is skipped, the failed ones (and the failed eval) are tried again
     mtime = (out / ok["name"] / "results.json").stat().st_mtime_ns
@@ -186,3 +186,24 @@ def test_failed_members_are_recorded_and_the_others_finish(tmp_path, capsys):
     assert again[crash["name"]]["attempts"] == 2 and again[crash["name"]]["status"] == "failed"
     expected = "1 finished (skipped), 0 to resume, 1 to train, 2 with an invalid config, 1 to evaluate"
     assert expected in capsys.readouterr().err
+
+
+def test_ctrl_c_marks_the_sweep_interrupted_and_says_so(tmp_path):
+    """Ctrl-C reaches the sweep and its member (one process group): the member saves and exits 130, the
+    sweep records it as interrupted (never "running"), prints one line on how to go on and exits 130."""
+    out = tmp_path / "arch"
+    command = [sys.executable, "-m", "hybridlm.cli", *ARCH, "--out", str(out)]
+    command[command.index("GG,GA,AA")] = "GG"
+    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and proc.poll() is None:
+        if RunDir(out / MEMBERS[0]).step_checkpoints():
+            break
+        time.sleep(0.02)
+    os.killpg(proc.pid, signal.SIGINT)
+    assert proc.wait(timeout=180) == 130
+    err = proc.stderr.read()
+    assert "sweep interrupted: 0 of 1 members done; rerun the same command" in err
+    statuses = {m["name"]: m["status"] for m in json.loads((out / "sweep.json").read_text())["members"]}
+    assert statuses == {MEMBERS[0]: "interrupted"}

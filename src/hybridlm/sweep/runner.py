@@ -85,9 +85,16 @@ def run_sweep(plan: SweepPlan, options: RunOptions, command: list[str] | None = 
             ctx.forward_interrupt = not _terminal_sent_sigint()
             queue.run()
         except KeyboardInterrupt:
+            for member in plan.members:  # whatever the interrupt cut short is not "running" any more
+                if member.status == "running":
+                    member.status, member.pid = "interrupted", None
+                    member.error = member.error or "interrupted"
             ctx.save()
             ctx.view.close()
             write_summary(plan, command, plots=False)
+            done = sum(m.status == "done" for m in plan.members)
+            print(f"sweep interrupted: {done} of {len(plan.members)} members done; rerun the same command to go on "
+                  "(finished members are kept, interrupted ones resume from their checkpoints)", file=sys.stderr)
             raise
         finally:
             if previous is not None:

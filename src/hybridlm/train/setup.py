@@ -13,6 +13,7 @@ from typing import Callable
 import torch
 
 from hybridlm.config import Config
+from hybridlm.errors import BackendError
 from hybridlm.model import HybridLM
 from hybridlm.train.nonfinite import NonFiniteGuard
 from hybridlm.train.optim import build_optimizer
@@ -58,6 +59,8 @@ def build_training(config: Config, precision: Precision) -> TrainingParts:
     block when asked, its AdamW, and the guard."""
     t = config.train
     model = HybridLM(config.model).to(device=precision.device, dtype=precision.param_dtype)
+    if "unavailable" in model.kernels.names.values():  # model.kernels = "fla" where FLA cannot run: before step 1
+        raise BackendError(model.kernels.reason)
     compiled = compile_wanted(t.compile, config, precision.device)
     if compiled:
         compile_blocks(model)
