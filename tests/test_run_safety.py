@@ -124,13 +124,17 @@ def test_a_second_writer_fails_at_once(tmp_path, capsys):
 def test_concurrent_training_processes_on_one_directory(tmp_path):
     out = tmp_path / "run"
     env = {**os.environ, "PYTHONPATH": SRC}
-    first = _start_training(out, steps=1000)  # long enough to still run when the second one starts
-    second = subprocess.run([sys.executable, "-m", "hybridlm.cli", "train", "--preset", "tiny", "--out", str(out),
-                             "--overwrite"], env=env, capture_output=True, text=True, timeout=60)
-    assert second.returncode == 2 and "is being written by" in second.stderr
-    assert first.wait(timeout=120) == 0, first.stderr.read()
+    first = _start_training(out, steps=400)  # long enough to still run when the second one starts
+    try:
+        second = subprocess.run([sys.executable, "-m", "hybridlm.cli", "train", "--preset", "tiny", "--out",
+                                 str(out), "--overwrite"], env=env, capture_output=True, text=True, timeout=60)
+        assert second.returncode == 2 and "is being written by" in second.stderr
+        assert first.wait(timeout=600) == 0, first.stderr.read()
+    finally:
+        if first.poll() is None:  # a failed assertion must not leave the trainer running
+            first.kill()
     events = [(e["event"], e["step"]) for e in RunDir(out).read_metrics()]
-    assert len(events) == len(set(events)) and max(s for _, s in events) == 1000
+    assert len(events) == len(set(events)) and max(s for _, s in events) == 400
 
 
 # 4. a run directory never runs code --------------------------------------------------------------
@@ -232,7 +236,11 @@ def test_sigterm_to_the_cli_process_saves_and_exits_143(tmp_path):
     out = tmp_path / "run"
     proc = _start_training(out, steps=100000)
     proc.send_signal(signal.SIGTERM)
-    assert proc.wait(timeout=60) == 143
+    try:
+        assert proc.wait(timeout=60) == 143
+    finally:
+        if proc.poll() is None:
+            proc.kill()
     err = proc.stderr.read().strip().splitlines()
     assert err[-1].startswith("interrupted by SIGTERM at step ") and "Traceback" not in "\n".join(err)
     step = int(err[-1].split("at step ")[1].split(";")[0])
@@ -409,3 +417,14 @@ def test_a_full_disk_is_one_line_and_keeps_earlier_checkpoints(tmp_path, capsys,
     ckpt.verify_checkpoint(out / "checkpoints" / "step_000020")
     monkeypatch.undo()
     assert main(["train", "--resume", str(out), "--no-progress"]) == 0
+
+
+def test_a_run_killed_before_its_results_were_written_gets_them_on_resume(run_copy, capsys):
+    (run_copy / "results.json").unlink()  # as a SIGKILL right after the final checkpoint leaves it
+    metrics = (run_copy / "metrics.jsonl").read_bytes()
+    assert main(["train", "--resume", str(run_copy), "--no-progress"]) == 0
+    assert "nothing left to train" not in capsys.readouterr().out
+    assert json.loads((run_copy / "results.json").read_text())["results"]["steps"] == 60
+    assert (run_copy / "metrics.jsonl").read_bytes() == metrics  # no step trained, no event repeated
+    assert main(["train", "--resume", str(run_copy)]) == 0
+    assert "nothing left to train" in capsys.readouterr().out

@@ -217,9 +217,11 @@ def test_generation_builds_no_autograd_graph():
     assert torch.is_grad_enabled()
 
 
-def test_multi_process_training_is_refused_until_ddp_exists(tmp_path, monkeypatch):
+def test_parallel_modes():
     from hybridlm.errors import ConfigError
+    from hybridlm.train.parallel import parallel_mode
 
-    monkeypatch.setenv("WORLD_SIZE", "2")
-    with pytest.raises(ConfigError, match="not wired in yet"):
-        train(tiny(max_steps=2), out=tmp_path / "run", progress=False)
+    assert parallel_mode("auto", 1) == "none" and parallel_mode("auto", 4) == "ddp"
+    assert parallel_mode("ddp", 1) == "none"
+    with pytest.raises(ConfigError, match="each rank would train its own copy"):
+        parallel_mode("none", 2)

@@ -62,7 +62,8 @@ def cmd_train(args) -> int:
         config = build_config(args)
         out = args.out or str(Path("runs") / (config.run.name or args.preset or "run"))
         results = train(config, out=out, progress=args.progress, overwrite=args.overwrite, fla_path=_fla_path(args))
-    print_results(results)
+    if int(os.environ.get("RANK", "0")) == 0:  # under torchrun: one table, from rank 0
+        print_results(results)
     return 0
 
 
@@ -232,7 +233,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{exc}", file=sys.stderr)
         return exc.exit_code
     except HybridLMError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        rank = f"rank {os.environ['RANK']}: " if int(os.environ.get("WORLD_SIZE", "1")) > 1 else ""
+        print(f"{rank}error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130

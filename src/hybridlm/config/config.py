@@ -56,6 +56,8 @@ class Config(ReadOnlyWhenResolved):
             raise ConfigError(f"train.schedule must be one of {', '.join(SCHEDULES)}; got {t.schedule!r}")
         if isinstance(t.compile, str) and t.compile != "auto":
             raise ConfigError(f"train.compile must be true, false or \"auto\", got {t.compile!r}")
+        if t.parallel not in ("auto", "none", "ddp"):
+            raise ConfigError(f"train.parallel must be auto, none or ddp, got {t.parallel!r}")
         if t.nan_policy not in NAN_POLICIES:
             raise ConfigError(f"train.nan_policy must be one of {', '.join(NAN_POLICIES)}; got {t.nan_policy!r}")
         check_run_name(self.run.name)

@@ -23,7 +23,3 @@ class ReadOnlyWhenResolved:
 
     def _mark_resolved(self) -> None:
         object.__setattr__(self, "_resolved", True)
-
-    @property
-    def is_resolved(self) -> bool:
-        return self.__dict__.get("_resolved", False)

@@ -16,12 +16,14 @@ from hybridlm.errors import ConfigError
 
 # Settings a resumed run may change: they decide what is logged, evaluated, kept or shown, never
 # which tokens are trained on or how the weights are updated. (Evaluation uses no randomness.)
-# nan_policy / nan_max_skips only act once a step is non-finite, which is when one resumes to change them;
-# fla.path is a record of the clone in use (only --fla-path activates one), rewritten by every run.
+# (Not eval_batches: the best checkpoint compares val losses over one validation set. Not device: with
+# precision "auto" it decides fp32 or bf16.) nan_policy / nan_max_skips only act once a step is
+# non-finite, which is when one resumes to change them; fla.path is a record of the clone in use (only
+# one named on the command line is activated), rewritten by every run.
 RESUME_SAFE_KEYS = (
-    "train.log_interval", "train.eval_interval", "train.eval_batches", "train.save_interval",
-    "train.keep_checkpoints", "train.tensorboard", "train.wandb_project", "train.device", "train.nan_policy",
-    "train.nan_max_skips", "run.description", "fla.path",
+    "train.log_interval", "train.eval_interval", "train.save_interval", "train.keep_checkpoints",
+    "train.tensorboard", "train.wandb_project", "train.nan_policy", "train.nan_max_skips", "run.description",
+    "fla.path",
 )
 
 

@@ -39,6 +39,8 @@ class TrainConfig(ReadOnlyWhenResolved):
     device: str = "auto"
     # torch.compile per block: true / false, or "auto" (on where measured faster; see train/setup.py)
     compile: bool | str = "auto"
+    # several processes (torchrun): "auto" = DDP when WORLD_SIZE > 1, else none; "ddp"; "none"
+    parallel: str = "auto"
     # a non-finite loss or gradient norm: "stop" the run (weights are never saved non-finite), or
     # "skip" that update (counted in the metrics) and stop after `nan_max_skips` in a row
     nan_policy: str = "stop"

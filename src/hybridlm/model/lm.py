@@ -53,7 +53,7 @@ class HybridLM(nn.Module):
         self.apply(self._init_weights)
         if config.tie_word_embeddings:
             self.lm_head.weight = self.model.embeddings.weight
-        self.use_kernels(resolve_kernels(config.kernels, "cpu", strict=False))
+        self.use_kernels(resolve_kernels(config.kernels, self.lm_head.weight.device, strict=False))
 
     # ---------------------------------------------------------------- kernels
     def use_kernels(self, kernels: Kernels) -> None:
@@ -73,7 +73,7 @@ class HybridLM(nn.Module):
         return out
 
     kernels: Kernels
-    kernels_for_compile = False  # set by the trainer's compile step (see train/compile.py)
+    kernels_for_compile = False  # set by the trainer's compile step (see train/setup.py)
 
     def _init_weights(self, module: nn.Module) -> None:
         """FLA's initialisation: normal(0, initializer_range) for linear, conv and embedding weights."""

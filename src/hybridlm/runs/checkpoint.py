@@ -317,11 +317,6 @@ def _sum_probe(tensor: torch.Tensor) -> torch.Tensor:
     return tensor.sum(dtype=torch.float64 if tensor.dtype == torch.float64 else torch.float32).double()
 
 
-def model_non_finite(model: nn.Module) -> str | None:
-    """The name of a model parameter or buffer holding a NaN or inf, or None."""
-    return first_non_finite(model.state_dict().items())
-
-
 # ---------------------------------------------------------------------------------------- verification
 def read_manifest(path: Path) -> dict[str, dict] | None:
     """{file name: {"size": bytes, "xxh3_128": hex}} of a checkpoint, or None when it has no manifest."""

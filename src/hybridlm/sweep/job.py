@@ -64,7 +64,7 @@ class MemberJob:
             return
         if state.action == "resume":
             m.resumed_from_step = state.step
-            args = ["train", "--resume", str(self.dir)]
+            args = ["train", "--resume", str(self.dir), *m.fla_args()]
             verb, detail = "resume", f" from step {state.step}"
         else:
             m.resumed_from_step, m.wall_s = None, None

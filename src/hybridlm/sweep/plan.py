@@ -80,10 +80,13 @@ class Member:
         named with `--set fla.path=...` is activated with `--fla-path`, as `train --set` would."""
         if config_path is None:
             config_path = Path(out_dir).parent / CONFIGS_DIR / f"{self.name}.toml"
-        args = ["train", "--config", str(config_path), "--out", str(out_dir)]
+        return ["train", "--config", str(config_path), "--out", str(out_dir), *self.fla_args()]
+
+    def fla_args(self) -> list[str]:
+        """`--fla-path CLONE` when the recipe names one: a fresh start and every resume activate it alike."""
         fla_path = next((value for key, value in map(parse_assignment, reversed(self.overrides))
                          if key == "fla.path"), None)
-        return args + (["--fla-path", str(fla_path)] if fla_path else [])
+        return ["--fla-path", str(fla_path)] if fla_path else []
 
     @property
     def valid(self) -> bool:

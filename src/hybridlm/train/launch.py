@@ -23,7 +23,8 @@ from hybridlm.runs.writer import RunLock, clear_run, describe_run, holds_run
 from hybridlm.runs.checkpoint import OPTIMIZER_TENSORS, read_trainer_state, verify_checkpoint
 from hybridlm.runs.environment import environment_info
 from hybridlm.train.distributed import process_info
-from hybridlm.train.precision import resolve_device, resolve_precision
+from hybridlm.train.parallel import barrier, init_distributed, share_outcome, shutdown
+from hybridlm.train.precision import resolve_precision
 from hybridlm.train.signals import GracefulStop
 
 
@@ -41,25 +42,39 @@ def train(config: Config | None = None, out: str | Path | None = None, resume: s
     run, config, checkpoint = _resolve_run(config, out, resume, extend_steps)
     if checkpoint is not None:
         step = int(read_trainer_state(checkpoint).get("step", 0))
-        if step >= config.train.max_steps:
-            results = run.read_results() or {}
+        results = run.read_results() or {}
+        if step >= config.train.max_steps and results.get("results", {}).get("steps") == step:
             return {**results, "nothing_to_train": f"{run.path} has trained {step} of {config.train.max_steps} "
                                                     "steps; nothing left to train (use --extend-steps N to go on)"}
-    with GracefulStop() as stop, RunLock(run.path):
+        # (trained, but killed before results.json was written: the resume below trains no step and writes it)
+    proc = process_info()
+    device = init_distributed(proc, config.train.device)  # under torchrun: the process group, this rank's GPU
+    lock = RunLock(run.path)
+
+    def claim() -> None:  # rank 0 alone owns the directory; its refusal stops every rank
+        lock.acquire()
         if checkpoint is None and holds_run(run.path):
             if not overwrite:
                 raise ConfigError(f"{run.path} already holds a run ({describe_run(run.path)}); use --resume "
                                   f"{run.path} to continue it, or --overwrite to replace it")
             clear_run(run.path)
-        return _train_locked(run, config, checkpoint, progress, fla_path, stop)
+
+    try:
+        with GracefulStop() as stop:
+            share_outcome(proc.rank, claim)
+            return _train_locked(run, config, checkpoint, progress, fla_path, stop, device)
+    finally:
+        lock.release()
+        shutdown()
 
 
 def _train_locked(run: RunDir, config: Config, checkpoint: Path | None, progress: bool | None,
-                  fla_path: str | None, stop: GracefulStop) -> dict[str, Any]:
+                  fla_path: str | None, stop: GracefulStop, device: torch.device) -> dict[str, Any]:
     fla = activate_fla_source(fla_path)
     config = _record_fla_source(config, fla)
     previous_time = _previous_total_time(run) if checkpoint is not None else 0.0  # read before training
-    run.prepare()
+    if process_info().is_main:
+        run.prepare()
 
     from hybridlm.data import TrainSampler, prepare_data, validation_batches
     from hybridlm.runs.plots import plot_training_curves
@@ -67,23 +82,25 @@ def _train_locked(run: RunDir, config: Config, checkpoint: Path | None, progress
     from hybridlm.train.trainer import Trainer
 
     proc = process_info()
-    if proc.world_size > 1:
-        raise ConfigError(f"WORLD_SIZE={proc.world_size}: multi-process training (torchrun, DDP/FSDP2) is not "
-                          "wired in yet; run one process per GPU with `hybridlm sweep --devices` instead")
+    if not proc.is_main:
+        barrier()  # rank 0 tokenises (and caches) first; the others then read its cache
     data = prepare_data(config.data, progress=progress is not False and proc.is_main)
+    if proc.is_main:
+        barrier()
     if config.model.vocab_size != data.tokenizer.vocab_size:
         config = resolve(base=config, values={"model.vocab_size": data.tokenizer.vocab_size})
-    device = resolve_device(config.train.device)
     precision = resolve_precision(config.train.precision, device)
 
     torch.manual_seed(config.train.seed)
-    parts = build_training(config, precision)
+    parts = build_training(config, precision, proc.world_size)
     kernels = parts.model.kernels.describe()
     sampler = TrainSampler(data.train_tokens, config.train.batch_size, config.data.seq_len, seed=config.data.seed,
                            on_exhausted=config.data.on_exhausted, rank=proc.rank, world_size=proc.world_size,
                            pin_memory=device.type == "cuda")
-    val = validation_batches(data.val_tokens, config.train.batch_size, config.data.seq_len,
-                             config.train.eval_batches)
+    # the fixed validation set is made of global batches (batch_size x ranks); each rank scores its rows,
+    # so a run evaluates the same windows whatever its number of processes
+    val = [batch[proc.rank::proc.world_size] for batch in validation_batches(
+        data.val_tokens, config.train.batch_size * proc.world_size, config.data.seq_len, config.train.eval_batches)]
     trainer = Trainer(config, run, parts, precision, sampler, val, progress=progress, stop=stop)
     trainer.progress.write("kernels: " + ", ".join(f"{k} {v}" for k, v in kernels.items() if k != "reason")
                            + (", blocks compiled" if parts.compiled else "") + f" ({kernels['reason']})")

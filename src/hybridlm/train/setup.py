@@ -28,6 +28,8 @@ class TrainingParts:
     forward: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (inputs, labels) -> loss
     guard: NonFiniteGuard
     compiled: bool
+    parallel: str = "none"                     # none | ddp
+    no_sync: Callable | None = None            # DDP's no_sync, for gradient accumulation
 
 
 def compile_wanted(setting: bool | str, config: Config, device: torch.device) -> bool:
@@ -54,9 +56,11 @@ def compile_blocks(model: HybridLM) -> None:
         block.compile()
 
 
-def build_training(config: Config, precision: Precision) -> TrainingParts:
+def build_training(config: Config, precision: Precision, world_size: int = 1) -> TrainingParts:
     """The model (seeded by the caller), moved to the device (which picks its kernels), compiled per
-    block when asked, its AdamW, and the guard."""
+    block when asked, wrapped for data parallelism over `world_size` ranks, its AdamW, and the guard."""
+    from hybridlm.train.parallel import no_sync_for, parallel_mode, parallelize
+
     t = config.train
     model = HybridLM(config.model).to(device=precision.device, dtype=precision.param_dtype)
     if "unavailable" in model.kernels.names.values():  # model.kernels = "fla" where FLA cannot run: before step 1
@@ -64,6 +68,9 @@ def build_training(config: Config, precision: Precision) -> TrainingParts:
     compiled = compile_wanted(t.compile, config, precision.device)
     if compiled:
         compile_blocks(model)
+    mode = parallel_mode(t.parallel, world_size)
+    runner = parallelize(model, mode, precision.device)
     optimizer = build_optimizer(model, t.lr, t.weight_decay, (t.beta1, t.beta2), t.eps, precision.device.type)
     guard = NonFiniteGuard(t.nan_policy, t.nan_max_skips, precision.device)
-    return TrainingParts(model, optimizer, loss_of(model), guard, compiled)
+    no_sync = no_sync_for(runner) if mode == "ddp" else None
+    return TrainingParts(model, optimizer, loss_of(runner), guard, compiled, mode, no_sync)

@@ -7,6 +7,7 @@ so a step never waits for the host; a benchmark number is therefore the product'
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -22,20 +23,25 @@ from hybridlm.train.precision import Precision
 class StepResult:
     loss: torch.Tensor        # mean loss over the micro-batches (float32, on the device)
     grad_norm: torch.Tensor   # before clipping
-    finite: torch.Tensor      # bool: loss and gradient norm were finite (the update was applied)
+    finite: torch.Tensor      # bool: loss and gradient norm were finite (under nan_policy skip: applied)
 
 
 def train_step(forward: Callable[..., torch.Tensor], model: nn.Module, optimizer: torch.optim.Optimizer,
                micro_batches: Iterable[torch.Tensor], precision: Precision, grad_clip: float,
-               guard: NonFiniteGuard) -> StepResult:
-    """`forward(inputs, labels) -> loss` (the model, or its compiled form); each batch is [B, T + 1] tokens."""
+               guard: NonFiniteGuard, no_sync: Callable[[], contextlib.AbstractContextManager] | None = None
+               ) -> StepResult:
+    """`forward(inputs, labels) -> loss` (the model, its compiled or DDP form); each batch is [B, T + 1] tokens.
+
+    `no_sync` (DDP's) skips the gradient all-reduce on every micro-batch but the last."""
     batches = list(micro_batches)
     total = torch.zeros((), device=precision.device)
-    for batch in batches:
+    for i, batch in enumerate(batches):
         batch = batch.to(precision.device, non_blocking=True)
-        with precision.autocast():
-            loss = forward(batch[:, :-1], batch[:, 1:])
-        (loss / len(batches)).backward()
+        last = i == len(batches) - 1
+        with (contextlib.nullcontext() if last or no_sync is None else no_sync()):
+            with precision.autocast():
+                loss = forward(batch[:, :-1], batch[:, 1:])
+            (loss / len(batches)).backward()
         total += loss.detach().float() / len(batches)
     max_norm = grad_clip if grad_clip > 0 else math.inf  # inf: the norm only, gradients unchanged
     grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)

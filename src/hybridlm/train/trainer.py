@@ -27,6 +27,7 @@ from hybridlm.train.distributed import process_info
 from hybridlm.train.precision import Precision
 from hybridlm.train.progress import Progress
 from hybridlm.train.schedule import lr_at
+from hybridlm.train.parallel import agree_any, all_reduce_sum
 from hybridlm.train.signals import GracefulStop
 from hybridlm.train.setup import TrainingParts
 from hybridlm.train.step import StepResult, train_step
@@ -78,6 +79,7 @@ class Trainer:
         self.model = parts.model
         self.optimizer = parts.optimizer
         self.forward = parts.forward
+        self.no_sync = parts.no_sync
         self.guard = parts.guard
         self.precision = precision
         self.device = precision.device
@@ -118,14 +120,14 @@ class Trainer:
         self.model.train()
         self._open_writers()
         self.progress.start(self.state.step)
-        saved = self.state.interval or {}
+        saved = (self.state.interval or {}) if self.proc.is_main else {}  # global sums: restored once
         # the log interval in progress (restored on resume, so the resumed run logs the same means)
         interval = self.interval = {
             "loss": torch.tensor(float(saved.get("loss_sum", 0.0)), device=self.device),  # of the finite steps
             "finite": torch.tensor(int(saved.get("finite", 0)), device=self.device),
             "steps": int(saved.get("steps", 0)), "tokens": int(saved.get("tokens", 0))}
         interval_start = time.perf_counter()
-        while self.state.step < t.max_steps and not self.stop.requested:
+        while self.state.step < t.max_steps and not agree_any(self.stop.requested):  # every rank stops at one step
             lr = lr_at(self.state.step, t.lr, t.warmup_steps, t.max_steps, t.schedule, t.min_lr_ratio)
             for group in self.optimizer.param_groups:
                 group["lr"] = lr
@@ -151,8 +153,10 @@ class Trainer:
             last = step == t.max_steps
             if step % t.log_interval == 0 or last:
                 skipped = self.guard.check(self._last_good)  # the one host sync per interval
-                finite_steps = int(interval["finite"])
-                mean_loss = (interval["loss"] / finite_steps).item() if finite_steps else None  # all skipped
+                loss_sum, finite = interval["loss"].clone(), interval["finite"].clone()
+                all_reduce_sum(loss_sum, finite)  # the mean over every rank's batches
+                finite_steps = int(finite)
+                mean_loss = (loss_sum / finite_steps).item() if finite_steps else None  # all skipped
                 elapsed = time.perf_counter() - interval_start
                 self.state.train_time_s += elapsed
                 tps = interval["tokens"] / max(elapsed, 1e-9)
@@ -175,15 +179,18 @@ class Trainer:
             if step % t.save_interval == 0 and not last:
                 self._save(self.run.checkpoint(self.run.step_name(step)), with_optimizer=True)
                 self.run.prune_step_checkpoints(t.keep_checkpoints)
+                self._saved_at = step
             interval_start += time.perf_counter() - paused
             if interval["steps"] == 0:
                 interval_start = time.perf_counter()
-        if self.stop.requested and self.state.step < t.max_steps:  # (at the last step: finish normally)
+        if agree_any(self.stop.requested) and self.state.step < t.max_steps:  # (at the last step: finish normally)
             if interval["steps"]:
                 self.state.train_time_s += time.perf_counter() - interval_start
             self.progress.close()
-            path = self._save(self.run.checkpoint(self.run.step_name(self.state.step)), with_optimizer=True)
-            self.run.prune_step_checkpoints(t.keep_checkpoints)
+            path = self.run.checkpoint(self.run.step_name(self.state.step))
+            if getattr(self, "_saved_at", None) != self.state.step:  # not already saved at this very step
+                self._save(path, with_optimizer=True)
+                self.run.prune_step_checkpoints(t.keep_checkpoints)
             self._close_writers()
             raise self.stop.interrupted(f"at step {self.state.step}", f"; saved {path}. "
                                         f"Resume with: hybridlm train --resume {self.run.path}")
@@ -208,7 +215,7 @@ class Trainer:
         t = self.config.train
         micro_batches = [self.sampler.next_batch() for _ in range(t.grad_accum)]
         return train_step(self.forward, self.model, self.optimizer, micro_batches, self.precision, t.grad_clip,
-                          self.guard)
+                          self.guard, self.no_sync)
 
     # ------------------------------------------------------------ evaluation
     @torch.no_grad()
@@ -220,7 +227,7 @@ class Trainer:
         loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
         hits = torch.zeros((), dtype=torch.long, device=self.device)
         count = torch.zeros((), dtype=torch.long, device=self.device)
-        for batch in self.val_batches:
+        for batch in self.val_batches:  # this rank's rows of each global validation batch (launch.py)
             batch = batch.to(self.device, non_blocking=True)
             with self.precision.autocast():
                 hidden = model.model(batch[:, :-1])
@@ -229,6 +236,7 @@ class Trainer:
             hits += h
             count += c
         model.train(was_training)
+        all_reduce_sum(loss_sum, hits, count)  # the same numbers as one process over all the batches
         val_loss = (loss_sum / count.clamp(min=1)).item()
         return {"val_loss": val_loss, "val_accuracy": (hits.double() / count.clamp(min=1)).item(),
                 "val_perplexity": math.exp(min(val_loss, 700.0))}
@@ -254,7 +262,9 @@ class Trainer:
         self.state.nonfinite = self.guard.state_dict()
         interval = getattr(self, "interval", None)
         if interval is not None:
-            self.state.interval = {"loss_sum": float(interval["loss"]), "finite": int(interval["finite"]),
+            loss_sum, finite = interval["loss"].clone(), interval["finite"].clone()
+            all_reduce_sum(loss_sum, finite)  # every rank's part of the interval in progress
+            self.state.interval = {"loss_sum": float(loss_sum), "finite": int(finite),
                                    "steps": interval["steps"], "tokens": interval["tokens"]}
         if not self.proc.is_main:
             return path
