@@ -106,3 +106,13 @@ def test_an_error_before_training_stops_every_rank_with_one_message(tmp_path):
     assert "rank 0: error:" in again.stderr and "rank 1: error:" in again.stderr  # rank 0's refusal, on both
     assert "already holds a run" in again.stderr
     assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file() and p.name != ".lock"} == before
+
+
+def test_train_nproc_wraps_torchrun(tmp_path, capfd):
+    out = tmp_path / "run"
+    assert main(["train", "--nproc", "2", *COMMON, "--out", str(out), "--set", "train.max_steps=4",
+                 "--set", "train.batch_size=4"]) == 0
+    assert capfd.readouterr().out.count("final val loss") == 1
+    results = json.loads((out / "results.json").read_text())["results"]
+    assert results["steps"] == 4 and results["tokens_processed"] == 4 * 8 * 64  # 2 ranks x 4 rows
+    assert main(["train", "--nproc", "2", *COMMON, "--out", str(out), "--set", "train.max_steps=4"]) != 0

@@ -37,11 +37,42 @@ def _fla_path(args) -> str | None:
     return path
 
 
+def _torchrun(nproc: int, argv: list[str]) -> int:
+    """`hybridlm train --nproc N ...` on one node: the same command under torchrun with N processes."""
+    import subprocess
+
+    from hybridlm.errors import ConfigError
+
+    if nproc < 1:
+        raise ConfigError(f"--nproc must be at least 1, got {nproc}")
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise ConfigError("--nproc starts torchrun itself; under torchrun, leave it out")
+    rest: list[str] = []
+    skip = False
+    for arg in argv:  # the same arguments without --nproc
+        if skip:
+            skip = False
+            continue
+        if arg == "--nproc":
+            skip = True
+            continue
+        if not arg.startswith("--nproc="):
+            rest.append(arg)
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+               "-m", "hybridlm", *rest]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(  # the ranks import this very hybridlm
+        p for p in (str(Path(__file__).resolve().parents[1]), os.environ.get("PYTHONPATH", "")) if p)}
+    return subprocess.call(command, env=env)
+
+
 # ---------------------------------------------------------------- subcommands
 def cmd_train(args) -> int:
     from hybridlm.errors import ConfigError
     from hybridlm.reports import print_results
     from hybridlm.train import train
+
+    if args.nproc is not None:
+        return _torchrun(args.nproc, getattr(args, "raw_argv", sys.argv[1:]))
 
     if args.resume:
         if args.overwrite:
@@ -147,6 +178,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true",
                    help="replace the run already in --out (its checkpoints, metrics and plots are deleted)")
     p.add_argument("--fla-path", help="local flash-linear-attention clone to import fla from")
+    p.add_argument("--nproc", type=int, help="train one model with N processes on this machine (runs torchrun; "
+                   "one per GPU, or gloo on a CPU)")
     _add_progress_args(p)
     p.set_defaults(func=cmd_train)
 
@@ -225,6 +258,7 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.raw_argv = list(argv) if argv is not None else sys.argv[1:]
     try:
         return args.func(args)
     except TrainingInterrupted as exc:
