@@ -58,6 +58,7 @@ def main() -> None:
     args = parser.parse_args()
 
     from hybridlm.runs import checkpoint as ckpt
+    from hybridlm.runs import integrity
 
     torch.manual_seed(0)
     model = nn.Sequential(*[nn.Linear(args.width, args.width) for _ in range(args.layers)])
@@ -70,16 +71,16 @@ def main() -> None:
 
     def with_thread(flag: bool):
         def run(path: Path) -> None:
-            ckpt._HASH_ON_THREAD = flag
+            integrity._HASH_ON_THREAD = flag
             try:
                 ckpt.save_checkpoint(path, model, optimizer, trainer_state)
             finally:
-                ckpt._HASH_ON_THREAD = True
+                integrity._HASH_ON_THREAD = True
         return run
 
     def read_back(path: Path) -> None:
         ckpt.save_checkpoint(path, model, optimizer, trainer_state, checksums=False)
-        ckpt._hash_files(sorted(path.iterdir()))
+        integrity._hash_files(sorted(path.iterdir()))
 
     variants = {
         "stock safetensors": lambda path: stock_save(path, model, optimizer, trainer_state),

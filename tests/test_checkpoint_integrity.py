@@ -18,6 +18,7 @@ from hybridlm.atomic_write import write_json_atomic, write_text_atomic
 from hybridlm.errors import CheckpointError, NonFiniteError
 from hybridlm.runs import RunDir, load_run, load_run_config
 from hybridlm.runs import checkpoint as ckpt
+from hybridlm.runs import integrity
 from hybridlm.runs.checkpoint import (MANIFEST_FILE, MODEL_FILE, OPTIMIZER_META, OPTIMIZER_TENSORS, RNG_FILE,
                                       TRAINER_STATE, load_model_weights, load_optimizer_state, read_trainer_state,
                                       restore_rng, save_checkpoint, verify_checkpoint)
@@ -95,9 +96,9 @@ def test_manifest_lists_every_file_with_size_and_digest(tmp_path, monkeypatch, t
     import xxhash
 
     if threaded:  # what large checkpoints do: hash on a background thread, many chunks per tensor
-        monkeypatch.setattr(ckpt, "_THREAD_MIN_BYTES", 0)
-        monkeypatch.setattr(ckpt, "_CHUNK", 64)
-        monkeypatch.setattr(ckpt, "_MAX_PENDING", 2)
+        monkeypatch.setattr(integrity, "_THREAD_MIN_BYTES", 0)
+        monkeypatch.setattr(integrity, "_CHUNK", 64)
+        monkeypatch.setattr(integrity, "_MAX_PENDING", 2)
     path = save(tmp_path / "step_000010")
     manifest = json.loads((path / MANIFEST_FILE).read_text())
     assert manifest["hash"] == "xxh3_128"
@@ -217,8 +218,8 @@ def test_missing_file_listed_in_manifest(tmp_path):
 def test_each_file_is_hashed_once_per_process(tmp_path, monkeypatch):
     run = run_with_steps(tmp_path / "run", [10, 20])
     calls = []
-    original = ckpt._hash_file
-    monkeypatch.setattr(ckpt, "_hash_file", lambda file: calls.append((file.parent.name, file.name)) or original(file))
+    original = integrity._hash_file
+    monkeypatch.setattr(integrity, "_hash_file", lambda file: calls.append((file.parent.name, file.name)) or original(file))
     # what this process wrote is known good: resuming it hashes nothing
     latest = run.latest_resumable()
     assert latest == run.checkpoint("step_000020") and calls == []
@@ -306,7 +307,7 @@ def test_disk_full_during_save_leaves_earlier_checkpoints_intact(tmp_path, monke
     run = run_with_steps(tmp_path / "run", [20, 40])
     target = run.checkpoint("step_000040")
     before = {p.name: p.read_bytes() for p in target.iterdir()}
-    original = ckpt._write_bytes
+    original = integrity._write_bytes
 
     def fill_disk(file, chunks, checksums, pool):
         if file.name == OPTIMIZER_TENSORS:
@@ -315,7 +316,7 @@ def test_disk_full_during_save_leaves_earlier_checkpoints_intact(tmp_path, monke
             raise OSError(errno.ENOSPC, "No space left on device")
         return original(file, chunks, checksums, pool)
 
-    monkeypatch.setattr(ckpt, "_write_bytes", fill_disk)
+    monkeypatch.setattr(integrity, "_write_bytes", fill_disk)
     model, optimizer = trained(7)
     with pytest.raises(CheckpointError) as err:
         save_checkpoint(target, model, optimizer, {"step": 40})
@@ -332,7 +333,7 @@ def test_disk_full_during_save_leaves_earlier_checkpoints_intact(tmp_path, monke
         raise SafetensorError('Error while serializing: IoError(Os { code: 28, kind: StorageFull, '
                               'message: "No space left on device" })')
 
-    monkeypatch.setattr(ckpt, "_write_bytes", safetensors_full)
+    monkeypatch.setattr(integrity, "_write_bytes", safetensors_full)
     with pytest.raises(CheckpointError, match=r"step_000060: No space left on device; earlier checkpoints are intact"):
         save_checkpoint(run.checkpoint("step_000060"), model, optimizer, {"step": 60})
     assert {p.name for p in run.checkpoints.iterdir()} == {"step_000020", "step_000040"}

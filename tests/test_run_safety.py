@@ -18,6 +18,7 @@ from hybridlm.config import preset, resolve
 from hybridlm.errors import ConfigError, NonFiniteError, RunLockedError, TrainingInterrupted
 from hybridlm.runs import RunDir, load_run
 from hybridlm.runs import checkpoint as ckpt
+from hybridlm.runs import integrity
 from hybridlm.runs.writer import RunLock
 from hybridlm.train import train
 from hybridlm.train.nonfinite import NonFiniteGuard
@@ -399,7 +400,7 @@ def test_a_full_disk_is_one_line_and_keeps_earlier_checkpoints(tmp_path, capsys,
     import errno
 
     out = tmp_path / "run"
-    original = ckpt._write_bytes
+    original = integrity._write_bytes
 
     def full_disk(file, chunks, *args):
         if file.parent.name == ".tmp-step_000040":
@@ -408,7 +409,7 @@ def test_a_full_disk_is_one_line_and_keeps_earlier_checkpoints(tmp_path, capsys,
             raise OSError(errno.ENOSPC, "No space left on device")
         return original(file, chunks, *args)
 
-    monkeypatch.setattr(ckpt, "_write_bytes", full_disk)
+    monkeypatch.setattr(integrity, "_write_bytes", full_disk)
     assert main(["train", "--preset", "tiny", "--out", str(out), "--no-progress"]) == 2
     line = _one_line(capsys)
     assert "No space left on device" in line and "step_000040" in line
