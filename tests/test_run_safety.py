@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from hybridlm.cli import main
-from hybridlm.config import preset, resolve
+from hybridlm.config import resolve
 from hybridlm.errors import ConfigError, NonFiniteError, RunLockedError, TrainingInterrupted
 from hybridlm.runs import RunDir, load_run
 from hybridlm.runs import checkpoint as ckpt

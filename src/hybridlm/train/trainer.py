@@ -9,7 +9,6 @@ CPU run is bit-identical to an uninterrupted one.
 from __future__ import annotations
 
 import math
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
