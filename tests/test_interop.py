@@ -121,8 +121,10 @@ def test_reference_preset_sizes():
 
 def test_fused_gate_training_path_follows_fla_contract(fla_models, monkeypatch):
     """On CUDA the mixer hands FLA raw a/b projections with use_gate_in_kernel / use_beta_sigmoid_in_kernel,
-    as FLA's own layer does. Here FLA's kernel is replaced by its documented semantics (computed with our
-    torch op), so the test proves the wiring: same logits as the explicit-gate path, float64."""
+    as FLA's own layer does: through the `hybridlm::gdn_chunk` custom op (whose CPU kernel is the
+    reference), and through FLA's own function (what verify compares the op with). Here FLA's function
+    is replaced by its documented semantics (computed with our torch op), so the test proves the wiring:
+    same logits as the explicit-gate path, float64."""
     from dataclasses import replace
 
     import fla.ops.gated_delta_rule as fla_gdr
@@ -150,7 +152,9 @@ def test_fused_gate_training_path_follows_fla_contract(fla_models, monkeypatch):
 
     monkeypatch.setattr(fla_gdr, "chunk_gated_delta_rule", fake_chunk)
     monkeypatch.setattr(gdn_fla, "fla_usable", lambda device: (True, "faked for the test"))
-    reference.use_kernels(replace(TORCH_KERNELS, gdn_train=fused.gdn_train))  # FLA's training call
+    reference.use_kernels(replace(TORCH_KERNELS, gdn_train=fused.gdn_train))  # the training call: the op
+    assert (reference(ids).logits - expected).abs().max().item() < 1e-12 and not calls
+    reference.use_kernels(replace(TORCH_KERNELS, gdn_train=gdn_fla.fla_function_with_raw_gates))
     got = reference(ids).logits
     assert len(calls) == 2  # the two GDN layers
     assert (got - expected).abs().max().item() < 1e-12

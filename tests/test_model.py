@@ -55,10 +55,10 @@ def test_gdn_decoding_state_has_constant_size():
     cache = model.new_cache()
     with torch.no_grad():
         model(torch.randint(0, 97, (1, 50)), cache=cache)
-        shapes = (cache.layers[0]["state"].shape, cache.layers[0]["conv"]["q"].shape)
+        shapes = (cache.layers[0]["state"].shape, cache.layers[0]["conv"].shape)
         model(torch.randint(0, 97, (1, 1)), cache=cache)
-    assert (cache.layers[0]["state"].shape, cache.layers[0]["conv"]["q"].shape) == shapes
-    assert shapes[0] == (1, 2, 16, 16) and shapes[1] == (1, 3, 32)
+    assert (cache.layers[0]["state"].shape, cache.layers[0]["conv"].shape) == shapes
+    assert shapes[0] == (1, 2, 16, 16) and shapes[1] == (1, 3, 96)  # q|k|v tails: 32 + 32 + 32
 
 
 def test_chunked_loss_equals_plain_cross_entropy_and_its_gradients():

@@ -17,13 +17,11 @@ class ModelCache:
 
     @classmethod
     def empty(cls, layer_types: list[str]) -> "ModelCache":
-        return cls(layers=[{"conv": {}} if t == "gdn" else {"offset": 0} for t in layer_types])
+        return cls(layers=[{} if t == "gdn" else {"offset": 0} for t in layer_types])
 
     def reorder(self, index) -> None:
         """Keep batch rows `index` (e.g. after dropping finished sequences)."""
         for layer in self.layers:
             for key, value in list(layer.items()):
-                if key == "conv":
-                    layer["conv"] = {n: tail[index] for n, tail in value.items()}
-                elif hasattr(value, "shape"):
+                if hasattr(value, "shape"):
                     layer[key] = value[index]

@@ -6,6 +6,11 @@
     g       = -exp(A_log) * softplus(a_proj x + dt_bias)      log-space decay
     S_t     = exp(g_t)(I - beta_t k_t k_t^T) S_{t-1} + beta_t k_t v_t^T,   o_t = S_t^T q_t / sqrt(d_k)
     out     = o_proj(RMSNorm(o) * silu(g_proj x))   per value head
+
+The six input projections run as one GEMM over their stacked weights and the three short convolutions
+as one depthwise convolution over q|k|v: the same functions (every output element is the same dot
+product), with one pass over x and one backward GEMM instead of six plus five additions, while the
+parameters keep FLA's names and shapes so checkpoints load into FLA and back.
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ from torch import nn
 from hybridlm.config.model_config import ModelConfig
 from hybridlm.model.kernels import TORCH_KERNELS, Kernels
 from hybridlm.model.norm import GatedRMSNorm, RMSNorm
-from hybridlm.model.short_conv import ShortConvolution
+from hybridlm.model.short_conv import ShortConvolution, conv_with_tail
 
 
 class GatedDeltaNet(nn.Module):
@@ -67,40 +72,51 @@ class GatedDeltaNet(nn.Module):
         dt = torch.exp(u * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min)).clamp(min=1e-4)
         self.dt_bias.copy_(dt + torch.log(-torch.expm1(-dt)))
 
-    def _conv(self, name: str, x: torch.Tensor, cache: dict | None) -> torch.Tensor:
+    def _in_projections(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor, torch.Tensor]:
+        """(q|k|v before the convolution, g_proj x or None, a_proj x, b_proj x) from one GEMM."""
+        gate = [self.g_proj.weight] if self.use_gate else []
+        weight = torch.cat([self.q_proj.weight, self.k_proj.weight, self.v_proj.weight, *gate,
+                            self.a_proj.weight, self.b_proj.weight])
+        qkv_dim = 2 * self.key_dim + self.value_dim
+        sizes = [qkv_dim, *([self.value_dim] if self.use_gate else []), self.num_v_heads, self.num_v_heads]
+        parts = F.linear(x, weight).split(sizes, dim=-1)
+        g = parts[1] if self.use_gate else None
+        return parts[0], g, parts[-2], parts[-1]
+
+    def _conv(self, qkv: torch.Tensor, cache: dict | None) -> torch.Tensor:
+        """silu(short conv) of q|k|v at once (the depthwise conv never mixes channels)."""
         if not self.use_short_conv:
-            return F.silu(x)
-        conv: ShortConvolution = getattr(self, f"{name}_conv1d")
-        tail = cache["conv"].get(name) if cache is not None else None
-        y, new_tail = conv(x, tail=tail, return_tail=cache is not None)
-        if cache is not None:
-            cache["conv"][name] = new_tail
+            return F.silu(qkv)
+        weight = torch.cat([self.q_conv1d.weight, self.k_conv1d.weight, self.v_conv1d.weight])
+        if cache is None:
+            return self.kernels.short_conv(qkv, weight)
+        y, cache["conv"] = conv_with_tail(qkv, weight, cache.get("conv"))
         return y
 
     def forward(self, x: torch.Tensor, cache: dict | None = None) -> torch.Tensor:
         """x: [B, T, hidden]. `cache` (a dict, updated in place) carries the state between calls."""
         b, t, _ = x.shape
-        q = self._conv("q", self.q_proj(x), cache).view(b, t, self.num_heads, self.head_k_dim)
-        k = self._conv("k", self.k_proj(x), cache).view(b, t, self.num_heads, self.head_k_dim)
-        v = self._conv("v", self.v_proj(x), cache).view(b, t, self.num_v_heads, self.head_v_dim)
-        a, beta_raw = self.a_proj(x), self.b_proj(x)
+        qkv, gate, a, beta_raw = self._in_projections(x)
+        q, k, v = self._conv(qkv, cache).split([self.key_dim, self.key_dim, self.value_dim], dim=-1)
+        q = q.reshape(b, t, self.num_heads, self.head_k_dim)
+        k = k.reshape(b, t, self.num_heads, self.head_k_dim)
+        v = v.reshape(b, t, self.num_v_heads, self.head_v_dim)
         if cache is None:  # training / scoring: gates and q/k norms fused into FLA's chunk kernel
             o = self.kernels.gdn_train(q, k, v, a, beta_raw, self.A_log, self.dt_bias, self.allow_neg_eigval)
-            return self._output(x, o)
+            return self._output(o, gate)
         acc = torch.promote_types(x.dtype, torch.float32)  # gates in float32 (float64 in tests)
         beta = beta_raw.to(acc).sigmoid()
         if self.allow_neg_eigval:
             beta = beta * 2.0
         g = -self.A_log.to(acc).exp() * F.softplus(a.to(acc) + self.dt_bias.to(acc))
         o, cache["state"] = self.kernels.gdn(q, k, v, g, beta, cache.get("state"), True)
-        return self._output(x, o)
+        return self._output(o, gate)
 
-    def _output(self, x: torch.Tensor, o: torch.Tensor) -> torch.Tensor:
+    def _output(self, o: torch.Tensor, gate: torch.Tensor | None) -> torch.Tensor:
         """Per-head output norm (gated by silu(g_proj x) when use_gate), then o_proj."""
-        b, t, _ = x.shape
-        if self.use_gate:
-            gate = self.g_proj(x).view(b, t, self.num_v_heads, self.head_v_dim)
-            o = self.o_norm(o, gate)
+        b, t = o.shape[:2]
+        if gate is not None:
+            o = self.o_norm(o, gate.reshape(b, t, self.num_v_heads, self.head_v_dim))
         else:
             o = self.o_norm(o)
         return self.o_proj(o.reshape(b, t, self.value_dim))

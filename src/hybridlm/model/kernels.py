@@ -7,8 +7,9 @@ run, with no device or backend checks inside it. Both flavours of every entry ta
 arguments and compute the same function (FLA's semantics); `describe()` says what runs.
 
 `for_compile=True` keeps FLA only where `torch.compile` cannot do the work itself (the GDN chunk
-kernel and the fused loss) and uses the PyTorch norms, SwiGLU and short convolution, which
-Inductor fuses into the surrounding graph instead of breaking it at every Triton call.
+kernel, a custom op that compiled graphs trace through, and the fused loss, outside the compiled
+blocks) and uses the PyTorch norms, SwiGLU and short convolution, which Inductor fuses into the
+surrounding graph.
 """
 
 from __future__ import annotations
@@ -54,10 +55,19 @@ def torch_swiglu(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
 
 
 def torch_short_conv(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """silu(causal depthwise conv(x)) over a whole sequence from zeros; x [B, T, D], weight [D, 1, K]."""
-    k = weight.shape[-1]
-    y = F.conv1d(F.pad(x.transpose(1, 2), (k - 1, 0)), weight.to(x.dtype), groups=weight.shape[0])
-    return F.silu(y.transpose(1, 2))
+    """silu(causal depthwise conv(x)) over a whole sequence from zeros; x [B, T, D], weight [D, 1, K].
+
+    Written as K shifted multiply-adds in float32: Inductor fuses them (and the silu, and the split
+    of the projection that feeds them) into one kernel forward and one backward, where F.conv1d's
+    depthwise backward is a slow cuDNN call."""
+    k, t = weight.shape[-1], x.shape[1]
+    acc = torch.promote_types(x.dtype, torch.float32)
+    w = weight.to(acc).squeeze(1)  # [D, K]
+    padded = F.pad(x.to(acc), (0, 0, k - 1, 0))
+    y = padded[:, k - 1:] * w[:, k - 1]
+    for j in range(k - 1):
+        y = y + padded[:, j:j + t] * w[:, j]
+    return F.silu(y).to(x.dtype)
 
 
 def torch_gdn_train(q, k, v, a, b, A_log, dt_bias, allow_neg_eigval):

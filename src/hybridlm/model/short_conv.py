@@ -2,7 +2,7 @@
 
 The weight is an `nn.Conv1d` depthwise kernel `[D, 1, K]`, so checkpoints match FLA's. A whole
 sequence from zeros (training) runs the kernel record's `short_conv`; for decoding, the last K-1
-inputs are the convolution's state, and a new token needs only them.
+inputs are the convolution's state (`conv_with_tail`), and a new token needs only them.
 """
 
 from __future__ import annotations
@@ -12,6 +12,18 @@ import torch.nn.functional as F
 from torch import nn
 
 from hybridlm.model.kernels import TORCH_KERNELS, Kernels
+
+
+def conv_with_tail(x: torch.Tensor, weight: torch.Tensor,
+                   tail: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """silu(causal depthwise conv) of x [B, T, D] continuing after `tail`, the previous K-1 inputs
+    [B, K-1, D] (zeros when None); weight [D, 1, K]. Returns (y [B, T, D], the new tail)."""
+    k = weight.shape[-1]
+    if tail is None:
+        tail = x.new_zeros(x.shape[0], k - 1, x.shape[2])
+    full = torch.cat([tail.to(x.dtype), x], dim=1)  # [B, K-1+T, D]
+    y = F.conv1d(full.transpose(1, 2), weight.to(x.dtype), groups=weight.shape[0]).transpose(1, 2)
+    return F.silu(y), full[:, full.shape[1] - (k - 1):]
 
 
 class ShortConvolution(nn.Conv1d):
@@ -29,10 +41,5 @@ class ShortConvolution(nn.Conv1d):
         """
         if tail is None and not return_tail:
             return self.kernels.short_conv(x, self.weight), None
-        k = self.kernel_size[0]
-        if tail is None:
-            tail = x.new_zeros(x.shape[0], k - 1, x.shape[2])
-        full = torch.cat([tail.to(x.dtype), x], dim=1)  # [B, K-1+T, D]
-        y = F.conv1d(full.transpose(1, 2), self.weight.to(x.dtype), groups=self.groups).transpose(1, 2)
-        new_tail = full[:, full.shape[1] - (k - 1):] if return_tail else None
-        return F.silu(y), new_tail
+        y, new_tail = conv_with_tail(x, self.weight, tail)
+        return y, new_tail if return_tail else None

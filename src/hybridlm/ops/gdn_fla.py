@@ -112,32 +112,29 @@ def fla_chunk_with_raw_gates(
     dt_bias: torch.Tensor,
     allow_neg_eigval: bool,
 ) -> torch.Tensor:
-    """Training forward with the gates fused into FLA's chunk kernel, exactly as FLA's own layer calls it.
+    """Training forward with the gates fused into FLA's chunk kernel, as FLA's own layer calls it.
 
     `a` and `b` are the raw a_proj / b_proj outputs: the kernel computes g = -exp(A_log) *
     softplus(a + dt_bias) and beta = sigmoid(b) (x2 with allow_neg_eigval) itself, and L2-normalises
-    q and k. There is no state in or out (training), so the state layout flag is free to match FLA's
-    layer (`state_v_first=True`), which keeps our kernel variants identical to FLA's model.
+    q and k. It runs through the `hybridlm::gdn_chunk` custom op (ops/gdn_custom_op.py), FLA's forward
+    and backward passes behind one node that torch.compile traces, eager or compiled alike.
     """
     usable, reason = fla_usable(q.device)
     if not usable:
         raise BackendError(f"backend='fla' unavailable: {reason}")
+    from hybridlm.ops import gdn_custom_op  # noqa: F401 - registers the op
+
+    return torch.ops.hybridlm.gdn_chunk(q, k, v, a, b, A_log, dt_bias, allow_neg_eigval)
+
+
+def fla_function_with_raw_gates(q, k, v, a, b, A_log, dt_bias, allow_neg_eigval: bool) -> torch.Tensor:
+    """The same call through FLA's own `chunk_gated_delta_rule` (its autograd.Function, which saves
+    its intermediates instead of recomputing them): `hybridlm verify` and the benchmark compare the
+    custom op against it."""
     from fla.ops.gated_delta_rule import chunk_gated_delta_rule
 
     o, _ = chunk_gated_delta_rule(
-        q=q,
-        k=k,
-        v=v,
-        g=a,
-        beta=b,
-        initial_state=None,
-        output_final_state=False,
-        use_qk_l2norm_in_kernel=True,
-        use_beta_sigmoid_in_kernel=True,
-        allow_neg_eigval=allow_neg_eigval,
-        state_v_first=True,
-        use_gate_in_kernel=True,
-        A_log=A_log,
-        dt_bias=dt_bias,
-    )
+        q=q, k=k, v=v, g=a, beta=b, initial_state=None, output_final_state=False,
+        use_qk_l2norm_in_kernel=True, use_beta_sigmoid_in_kernel=True, allow_neg_eigval=allow_neg_eigval,
+        state_v_first=True, use_gate_in_kernel=True, A_log=A_log, dt_bias=dt_bias)
     return o

@@ -46,14 +46,18 @@ def compile_wanted(setting: bool | str, config: Config, device: torch.device) ->
 
 def compile_blocks(model: HybridLM) -> None:
     """Compile each block in place (parameter names unchanged), with the kernel record for compiled code:
-    PyTorch norms / SwiGLU / conv that Inductor fuses, FLA only for the GDN chunk kernel and the loss."""
+    PyTorch norms / SwiGLU / conv that Inductor fuses, FLA only for the GDN chunk kernel (a custom op
+    the graph traces through) and the loss (outside the blocks). Every block is one graph
+    (`fullgraph=True`, so a graph break is an error, not a silent slowdown) except attention blocks
+    whose sliding window cuts: their cached block-mask lookup stays outside the graph."""
     from hybridlm.model.kernels import resolve_kernels
 
     model.kernels_for_compile = True
     model.use_kernels(resolve_kernels(model.config.kernels, model.lm_head.weight.device, for_compile=True,
                                       strict=False))
+    windowed = model.config.attention.window_size is not None
     for block in model.model.layers:
-        block.compile()
+        block.compile(fullgraph=block.layer_type == "gdn" or not windowed)
 
 
 def build_training(config: Config, precision: Precision, world_size: int = 1) -> TrainingParts:
