@@ -8,7 +8,9 @@ Rows:
   MLP 3072) with bf16 weights and plain AdamW (FLA's hybrids need flash-attn, not available there);
 - `reference`: a plain PyTorch transformer of the reference shape, compiled (bench/reference_transformer.py);
 - a preset name: hybridlm built by `build_training` (the trainer's own setup: kernel record, per-block
-  compile when the mode is `compiled`, fused AdamW) and stepped by `train_step`, the trainer's step.
+  compile when the mode is `compiled`, fused AdamW) and stepped by `train_step`, the trainer's step;
+- `PRESET@fla-function` (eager): the same, with the GDN training call through FLA's own
+  `chunk_gated_delta_rule` instead of the `hybridlm::gdn_chunk` custom op: the A/B of the custom op.
 Each row reports the median step after warm-up, tokens/s, MFU (989 TFLOP/s bf16 peak), peak memory and
 the first step's time (compilation and autotuning). Random tokens, vocabulary 50257 (GPT-2, the presets').
 A row that fails (out of memory, an error) is reported and the others go on.
@@ -123,9 +125,18 @@ def build_row(name: str, batch: int, seq: int, compiled: bool, window: int | Non
     values = {"model.vocab_size": VOCAB, "data.seq_len": seq, "train.batch_size": batch, "train.compile": compiled}
     if window is not None:
         values["model.attention.window_size"] = window if window > 0 else None
+    name, _, variant = name.partition("@")
     config = resolve(preset=name, values=values)
     torch.manual_seed(0)
     parts = build_training(config, precision)
+    if variant == "fla-function":
+        from dataclasses import replace
+
+        from hybridlm.ops.gdn_fla import fla_function_with_raw_gates
+
+        parts.model.use_kernels(replace(parts.model.kernels, gdn_train=fla_function_with_raw_gates))
+    elif variant:
+        raise ValueError(f"unknown row variant {variant!r}")
     return (stepper(parts.forward, parts.model, parts.optimizer, precision, parts.guard, data),
             flops_per_token(config.model, seq), sum(p.numel() for p in parts.model.parameters()))
 

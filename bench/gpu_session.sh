@@ -11,6 +11,8 @@
 #   bash bench/gpu_session.sh pair   [SECTIONS] # two GPUs (kind nvidia-h100-x2): verify on one, train on the other
 #   bash bench/gpu_session.sh verify2 SECTIONS_A SECTIONS_B  # two GPUs: verify SECTIONS_A on one, SECTIONS_B
 #                                              # on the other (e.g. op_bf16,model op_fp32); logs in $OUT/a, $OUT/b
+#   bash bench/gpu_session.sh speed [ROWS] [SHAPES] [MODES]  # bench_train_gpu.py table (+ profiles of the
+#                                              # h100_deltanet rows), then the verify `compile` section
 #   bash bench/gpu_session.sh probe            # FLA's gradients vs float64 (bench/gpu_grad_probe.py), then the
 #                                              # model verify rows that reuse training kernels (~4 minutes)
 set -u
@@ -87,7 +89,27 @@ verify_part() {  # SECTIONS (default all): e.g. fla_model,decode,loss,model in o
   grep "ok \|FAIL\|rc=\|skipped" "$out/verify.txt"
 }
 
+speed_part() {  # ROWS SHAPES MODES: one bench table, the GDN profiles, then verify's compile section
+  use_cache triton-cache
+  local rows=${1:-baseline,reference,h100_deltanet,h100_deltanet@fla-function,h100_hybrid_sparse,h100_transformer}
+  local shapes=${2:-48x1024,3x16384,12x4096} modes=${3:-eager,compiled}
+  limit 120 python3 bench/bench_train_gpu.py --out "$out/profiles" --rows h100_deltanet --shapes 48x1024 \
+    --modes eager,compiled --profile --steps 5 --warmup 2 > "$out/profile_run.txt" 2>&1
+  echo "profile rc=$? after $((SECONDS - started)) s" >> "$out/profile_run.txt"; save_cache triton-cache
+  limit $((430 - (SECONDS - started))) python3 bench/bench_train_gpu.py --out /tmp/bench --rows "$rows" \
+    --shapes "$shapes" --modes "$modes" --budget-s $((380 - (SECONDS - started))) > "$out/bench.txt" 2>&1
+  echo "bench rc=$? after $((SECONDS - started)) s" >> "$out/bench.txt"; save_cache triton-cache
+  cp /tmp/bench/bench.jsonl "$out/" 2>/dev/null
+  limit $((540 - (SECONDS - started))) python3 -m hybridlm.cli verify --sections compile 2>&1 \
+    | grep --line-buffered -v TileLang > "$out/verify_compile.txt"
+  echo "verify rc=${PIPESTATUS[0]} after $((SECONDS - started)) s" >> "$out/verify_compile.txt"
+  cat /tmp/gpu.txt >> "$out/bench.txt"
+  grep "rc=" "$out/profile_run.txt"; grep "^|\|rc=" "$out/profile_run.txt" "$out/bench.txt" | cut -c1-160
+  grep "ok \|FAIL\|rc=\|opcheck" "$out/verify_compile.txt"
+}
+
 case "$mode" in
+speed) unpack_cache triton-cache; speed_part "$steps" "${3:-}" "${4:-}" ;;
 train) unpack_cache triton-cache; train_part "$steps" ;;
 verify) unpack_cache verify-cache; verify_part "$steps" ;;
 pair)

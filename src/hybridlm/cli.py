@@ -214,9 +214,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("verify", help="GPU: check FLA kernels against the PyTorch reference (exit 1 on failure)")
-    p.add_argument("--sections", default="fla_model,decode,flex,loss,model,op",
-                   help="comma list of fla_model, decode, flex, loss, model, op (= op_bf16 + op_fp32), run in "
-                        "this order")
+    p.add_argument("--sections", default="fla_model,decode,flex,loss,model,compile,op",
+                   help="comma list of fla_model, decode, flex, loss, model, compile, op (= op_bf16 + op_fp32), "
+                        "run in this order")
     p.set_defaults(func=cmd_verify)
 
     p = sub.add_parser("demo", help="the README demo: train cpu_demo, print results and sample text")

@@ -123,25 +123,34 @@ def _small_hybrid_config(kernels: str, layout: str = "GGAGGA", vocab: int = 4096
                        attention=AttentionConfig(num_heads=12, num_kv_heads=4, window_size=512))
 
 
-def check_model_backends(device: torch.device, backend: str = "fla", seq_len: int = 1000) -> list[Check]:
-    """A hybrid model (GDN and windowed GQA attention) under bf16 autocast with `backend` kernels and with
-    torch kernels, each against the same model in float64 (torch kernels): logits and all gradients."""
+def _hybrid_logits_and_grads(device: torch.device, seq_len: int = 1000):
+    """A function (kernels, dtype, prepare) -> (logits, all gradients) of one small hybrid (GDN and windowed
+    GQA attention), the same weights every call, under bf16 autocast for float32; `prepare(model)` may
+    change the model first (swap a kernel, compile its blocks)."""
     from hybridlm.model import HybridLM
 
     torch.manual_seed(0)
     ids = torch.randint(0, 4096, (2, seq_len), device=device)
-    reference = HybridLM(_small_hybrid_config("torch")).to(device)
-    state = reference.state_dict()
+    state = HybridLM(_small_hybrid_config("torch")).to(device).state_dict()
 
-    def logits_and_grads(kernels: str, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    def logits_and_grads(kernels: str, dtype: torch.dtype, prepare=None) -> tuple[torch.Tensor, torch.Tensor]:
         model = HybridLM(_small_hybrid_config(kernels)).to(device)
         model.load_state_dict(state)
         model.to(dtype)
+        if prepare is not None:
+            prepare(model)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=dtype == torch.float32):
             out = model(ids, labels=torch.roll(ids, -1, 1))
         out.loss.backward()
         return out.logits.double().detach(), torch.cat([p.grad.flatten().double() for p in model.parameters()])
 
+    return logits_and_grads
+
+
+def check_model_backends(device: torch.device, backend: str = "fla", seq_len: int = 1000) -> list[Check]:
+    """A hybrid model (GDN and windowed GQA attention) under bf16 autocast with `backend` kernels and with
+    torch kernels, each against the same model in float64 (torch kernels): logits and all gradients."""
+    logits_and_grads = _hybrid_logits_and_grads(device, seq_len)
     truth = logits_and_grads("torch", torch.float64)
     checks = []
     for kernels in dict.fromkeys((backend, "torch")):
@@ -151,6 +160,57 @@ def check_model_backends(device: torch.device, backend: str = "fla", seq_len: in
                    Check(f"hybrid model gradients, {kernels} kernels (bf16 autocast) vs float64",
                          rel_error(grads, truth[1]), MODEL_AUTOCAST_THRESHOLDS["gradients"])]
     return checks
+
+
+def _opcheck_gdn_chunk(device: torch.device) -> Check:
+    """torch.library.opcheck of the custom op with FLA's CUDA kernels behind it, in training's dtypes:
+    schema, fake shapes and strides against the real outputs, autograd registration, AOT dispatch."""
+    from hybridlm.ops import gdn_custom_op  # noqa: F401 - registers the op
+
+    gen = torch.Generator(device=device).manual_seed(0)
+
+    def rand(*shape, dtype=torch.bfloat16):
+        return torch.randn(*shape, generator=gen, device=device).to(dtype).requires_grad_()
+
+    b, t, h, d = 2, 256, 4, 64
+    args = (rand(b, t, h, d), rand(b, t, h, d), rand(b, t, h, d), rand(b, t, h), rand(b, t, h),
+            rand(h, dtype=torch.float32), rand(h, dtype=torch.float32), False)
+    try:
+        torch.library.opcheck(torch.ops.hybridlm.gdn_chunk.default, args)
+        error = 0.0
+    except Exception as exc:  # noqa: BLE001 - the row fails and says why
+        print(f"opcheck: {type(exc).__name__}: {str(exc)[:400]}", flush=True)
+        error = 1.0
+    return Check("hybridlm::gdn_chunk opcheck on CUDA (schema, fake tensors, autograd, AOT dispatch)", error, 0.5)
+
+
+def check_compiled(device: torch.device, seq_len: int = 1000):
+    """What training runs when it compiles, and the custom op it compiles through (yields each check):
+    - the `hybridlm::gdn_chunk` op against FLA's own chunk_gated_delta_rule in the same model: the same
+      kernels on the same inputs (the op recomputes FLA's intra-chunk matrix in its backward), so equal
+      up to the order of FLA's atomic reductions;
+    - the model with compiled blocks (Inductor's norms, SwiGLU and short conv around the op) against
+      float64, with the thresholds of the eager model, and against the eager model."""
+    from dataclasses import replace
+
+    from hybridlm.ops.gdn_fla import fla_function_with_raw_gates
+    from hybridlm.train.setup import compile_blocks
+
+    yield _opcheck_gdn_chunk(device)
+    logits_and_grads = _hybrid_logits_and_grads(device, seq_len)
+    eager = logits_and_grads("fla", torch.float32)
+    function = logits_and_grads("fla", torch.float32, lambda model: model.use_kernels(
+        replace(model.kernels, gdn_train=fla_function_with_raw_gates)))
+    for i, what in enumerate(("logits", "gradients")):
+        yield Check(f"hybrid model {what}: gdn_chunk custom op vs FLA's function (bf16 autocast)",
+                    rel_error(eager[i], function[i]), 1e-3)
+    compiled = logits_and_grads("fla", torch.float32, compile_blocks)
+    truth = logits_and_grads("torch", torch.float64)
+    for i, what in enumerate(("logits", "gradients")):
+        yield Check(f"hybrid model {what}, compiled blocks (bf16 autocast) vs float64",
+                    rel_error(compiled[i], truth[i]), MODEL_AUTOCAST_THRESHOLDS[what])
+        yield Check(f"hybrid model {what}, compiled blocks vs eager (bf16 autocast)",
+                    rel_error(compiled[i], eager[i]), MODEL_AUTOCAST_THRESHOLDS[what])
 
 
 def check_against_fla_model(device: torch.device):
@@ -282,11 +342,11 @@ def check_flex(device: torch.device, configs=FLEX_CONFIGS, window: int = 2048, h
                     f"(worst: {names[worst]})", errors[worst], OP_THRESHOLDS[torch.bfloat16])
 
 
-def run_verify(sections: tuple[str, ...] = ("fla_model", "decode", "flex", "loss", "model", "op")) -> int:
+def run_verify(sections: tuple[str, ...] = ("fla_model", "decode", "flex", "loss", "model", "compile", "op")) -> int:
     from hybridlm.reports import format_table
 
     runners = {"op": check_op, "model": check_model_backends, "fla_model": check_against_fla_model,
-               "decode": check_decoding, "loss": check_fused_loss, "flex": check_flex,
+               "decode": check_decoding, "loss": check_fused_loss, "flex": check_flex, "compile": check_compiled,
                "op_bf16": lambda device: check_op(device, (torch.bfloat16,)),
                "op_fp32": lambda device: check_op(device, (torch.float32,))}
     unknown = [name for name in sections if name not in runners]

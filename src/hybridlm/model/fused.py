@@ -15,7 +15,8 @@ import functools
 import torch
 
 from hybridlm.ops.cross_entropy import linear_cross_entropy as torch_linear_cross_entropy
-from hybridlm.ops.gated_delta_rule import gated_delta_rule, gated_delta_rule_with_gates
+from hybridlm.ops import gdn_custom_op  # noqa: F401 - registers hybridlm::gdn_chunk
+from hybridlm.ops.gated_delta_rule import gated_delta_rule
 
 
 @functools.lru_cache(maxsize=1)
@@ -43,8 +44,11 @@ def load() -> dict:
 
 
 def gdn_train(q, k, v, a, b, A_log, dt_bias, allow_neg_eigval):
-    """FLA's chunk kernel with the gates and q/k norms fused in, as FLA's GatedDeltaNet layer calls it."""
-    return gated_delta_rule_with_gates(q, k, v, a, b, A_log, dt_bias, allow_neg_eigval, backend="fla")
+    """FLA's chunk kernel with the gates and q/k norms fused in, as FLA's GatedDeltaNet layer calls it,
+    through the `hybridlm::gdn_chunk` custom op (a compiled block traces through it). No checks here:
+    the record was resolved with FLA usable; `gated_delta_rule_with_gates(backend="fla")` is the same
+    call with its checks."""
+    return torch.ops.hybridlm.gdn_chunk(q, k, v, a, b, A_log, dt_bias, allow_neg_eigval)
 
 
 def gdn(q, k, v, g, beta, initial_state, output_final_state):
