@@ -9,8 +9,8 @@ Rows:
 - `reference`: a plain PyTorch transformer of the reference shape, compiled (bench/reference_transformer.py);
 - a preset name: hybridlm built by `build_training` (the trainer's own setup: kernel record, per-block
   compile when the mode is `compiled`, fused AdamW) and stepped by `train_step`, the trainer's step;
-- `PRESET@fla-function` (eager): the same, with the GDN training call through FLA's own
-  `chunk_gated_delta_rule` instead of the `hybridlm::gdn_chunk` custom op: the A/B of the custom op.
+- `PRESET@op` (eager): the same, with the GDN training call through the `hybridlm::gdn_chunk` custom op
+  (what compiled blocks call) instead of FLA's own `chunk_gated_delta_rule`: the custom op's cost.
 Each row reports the median step after warm-up, tokens/s, MFU (989 TFLOP/s bf16 peak), peak memory and
 the first step's time (compilation and autotuning). Random tokens, vocabulary 50257 (GPT-2, the presets').
 A row that fails (out of memory, an error) is reported and the others go on.
@@ -84,7 +84,7 @@ def stepper(forward, model, optimizer, precision, guard, data):
     return step
 
 
-def build_row(name: str, batch: int, seq: int, compiled: bool, window: int | None):
+def build_row(name: str, batch: int, seq: int, compiled: bool | str, window: int | None):
     """(step function, flops per token, parameter count) of one row."""
     from hybridlm.config import resolve
     from hybridlm.model.accounting import flops_per_token
@@ -129,12 +129,12 @@ def build_row(name: str, batch: int, seq: int, compiled: bool, window: int | Non
     config = resolve(preset=name, values=values)
     torch.manual_seed(0)
     parts = build_training(config, precision)
-    if variant == "fla-function":
+    if variant == "op":
         from dataclasses import replace
 
-        from hybridlm.ops.gdn_fla import fla_function_with_raw_gates
+        from hybridlm.model import fused
 
-        parts.model.use_kernels(replace(parts.model.kernels, gdn_train=fla_function_with_raw_gates))
+        parts.model.use_kernels(replace(parts.model.kernels, gdn_train=fused.gdn_train_op))
     elif variant:
         raise ValueError(f"unknown row variant {variant!r}")
     return (stepper(parts.forward, parts.model, parts.optimizer, precision, parts.guard, data),
@@ -145,7 +145,8 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--rows", default="baseline,reference,h100_deltanet,h100_hybrid_sparse,h100_transformer")
     p.add_argument("--shapes", default="48x1024")
-    p.add_argument("--modes", default="eager,compiled")
+    p.add_argument("--modes", default="eager,compiled",
+                   help="eager (train.compile=false), compiled (true: every block), auto (the default policy)")
     p.add_argument("--window", type=int, default=None, help="override the presets' window (0: full attention)")
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--warmup", type=int, default=3)
@@ -161,9 +162,9 @@ def main() -> None:
         batch, seq = (int(n) for n in shape.split("x"))
         for name in args.rows.split(","):
             for mode in args.modes.split(","):
-                if name == "baseline" and mode == "compiled":
-                    continue  # the seed never compiled
-                if name == "reference" and mode == "eager":
+                if (name == "baseline" or "@" in name) and mode != "eager":
+                    continue  # the seed never compiled; the A/B variants are eager rows
+                if name == "reference" and mode != "compiled":
                     continue  # the anchor is the compiled one
                 row = {"row": name, "shape": shape, "mode": mode, "window": args.window}
                 if time.perf_counter() - started > args.budget_s:
@@ -172,7 +173,8 @@ def main() -> None:
                     continue
                 step = None
                 try:
-                    step, fpt, params = build_row(name, batch, seq, mode == "compiled", args.window)
+                    compile_setting = {"eager": False, "compiled": True, "auto": "auto"}[mode]
+                    step, fpt, params = build_row(name, batch, seq, compile_setting, args.window)
                     timing = time_steps(step, args.steps, args.warmup)
                     tps = batch * seq / (timing["ms"] / 1e3)
                     row.update(timing, tokens_per_s=tps, mfu=tps * fpt / PEAK, params=params)

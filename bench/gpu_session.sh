@@ -13,6 +13,9 @@
 #                                              # on the other (e.g. op_bf16,model op_fp32); logs in $OUT/a, $OUT/b
 #   bash bench/gpu_session.sh speed [ROWS] [SHAPES] [MODES]  # bench_train_gpu.py table (+ profiles of the
 #                                              # h100_deltanet rows), then the verify `compile` section
+#   bash bench/gpu_session.sh final             # one call for everything a session measures last: the training
+#                                              # table (eager / auto), generation speed, verify decode+compile,
+#                                              # and 1-GPU torchrun DDP / FSDP2 against the plain run
 #   bash bench/gpu_session.sh probe            # FLA's gradients vs float64 (bench/gpu_grad_probe.py), then the
 #                                              # model verify rows that reuse training kernels (~4 minutes)
 set -u
@@ -91,10 +94,10 @@ verify_part() {  # SECTIONS (default all): e.g. fla_model,decode,loss,model in o
 
 speed_part() {  # ROWS SHAPES MODES: one bench table, the GDN profiles, then verify's compile section
   use_cache triton-cache
-  local rows=${1:-baseline,reference,h100_deltanet,h100_deltanet@fla-function,h100_hybrid_sparse,h100_transformer}
+  local rows=${1:-baseline,reference,h100_deltanet,h100_deltanet@op,h100_hybrid_sparse,h100_transformer}
   local shapes=${2:-48x1024,3x16384,12x4096} modes=${3:-eager,compiled}
-  limit 120 python3 bench/bench_train_gpu.py --out "$out/profiles" --rows h100_deltanet --shapes 48x1024 \
-    --modes eager,compiled --profile --steps 5 --warmup 2 > "$out/profile_run.txt" 2>&1
+  limit 100 python3 bench/bench_train_gpu.py --out "$out/profiles" --rows h100_deltanet --shapes 48x1024 \
+    --modes eager --profile --steps 5 --warmup 2 > "$out/profile_run.txt" 2>&1
   echo "profile rc=$? after $((SECONDS - started)) s" >> "$out/profile_run.txt"; save_cache triton-cache
   limit $((430 - (SECONDS - started))) python3 bench/bench_train_gpu.py --out /tmp/bench --rows "$rows" \
     --shapes "$shapes" --modes "$modes" --budget-s $((380 - (SECONDS - started))) > "$out/bench.txt" 2>&1
@@ -108,7 +111,38 @@ speed_part() {  # ROWS SHAPES MODES: one bench table, the GDN profiles, then ver
   grep "ok \|FAIL\|rc=\|opcheck" "$out/verify_compile.txt"
 }
 
+one_gpu_parallel() {  # plain, DDP and FSDP2 on one rank (torchrun, NCCL): the same steady tokens/s within 3 %
+  local how
+  for how in none ddp fsdp; do
+    local launch=(python3 -m hybridlm.cli train); [ "$how" != none ] && launch+=(--nproc 1)
+    echo "== train.parallel=$how" >> "$out/parallel.txt"
+    limit 60 "${launch[@]}" --preset h100_hybrid_sparse --out "/tmp/par-$how" --no-progress --overwrite \
+      --set train.parallel="$how" --set train.max_steps=30 --set train.log_interval=10 \
+      --set train.eval_interval=100000 --set train.save_interval=100000 >> "$out/parallel.txt" 2>&1
+    echo "parallel $how rc=$? after $((SECONDS - started)) s" >> "$out/parallel.txt"
+  done
+  grep -h "==\|tok/s\|tokens/s\|rc=" "$out/parallel.txt" | tail -15
+}
+final_part() {
+  use_cache triton-cache
+  limit 170 python3 bench/bench_train_gpu.py --out /tmp/bench --rows baseline,reference,h100_deltanet,h100_hybrid_sparse,h100_transformer \
+    --shapes 48x1024,12x4096,3x16384 --modes eager,auto --steps 6 --warmup 2 --budget-s 145 > "$out/bench.txt" 2>&1
+  echo "bench rc=$? after $((SECONDS - started)) s" >> "$out/bench.txt"; cp /tmp/bench/bench.jsonl "$out/"
+  limit 130 python3 bench/bench_generate.py --presets h100_deltanet,h100_hybrid_sparse,h100_transformer \
+    --windows none --batches 1,32 --prompts 512,4096,32768 --new-tokens 256 --no-cpu-row --budget-s 110 \
+    --out /tmp/gen > "$out/generate.txt" 2>&1
+  echo "generate rc=$? after $((SECONDS - started)) s" >> "$out/generate.txt"; cp /tmp/gen/*.jsonl "$out/" 2>/dev/null
+  one_gpu_parallel
+  limit $((560 - (SECONDS - started))) python3 -m hybridlm.cli verify --sections decode,compile 2>&1 \
+    | grep --line-buffered -v TileLang > "$out/verify.txt"
+  echo "verify rc=${PIPESTATUS[0]} after $((SECONDS - started)) s" >> "$out/verify.txt"
+  cat /tmp/gpu.txt >> "$out/bench.txt"
+  grep "^|\|rc=" "$out/bench.txt" | cut -c1-150; tail -25 "$out/generate.txt" | cut -c1-150
+  grep "ok \|FAIL\|rc=" "$out/verify.txt" | cut -c1-150
+}
+
 case "$mode" in
+final) unpack_cache triton-cache; final_part ;;
 speed) unpack_cache triton-cache; speed_part "$steps" "${3:-}" "${4:-}" ;;
 train) unpack_cache triton-cache; train_part "$steps" ;;
 verify) unpack_cache verify-cache; verify_part "$steps" ;;

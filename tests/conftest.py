@@ -28,3 +28,13 @@ def single_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="module")
+def one_thread_members():
+    """Sweep members (worker and child processes) inherit one CPU thread: 2 threads on 2 shared cores stall
+    when other jobs run, and comparisons of two sweeps, or of a warm member with a cold `hybridlm train`,
+    need the same thread count on both sides (bit-exact CPU results)."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("OMP_NUM_THREADS", "1")
+        yield

@@ -104,7 +104,7 @@ def test_errors(runs, tmp_path, capsys):
 
 def test_throughput_column_is_the_steady_rate_when_recorded(tmp_path):
     """A GPU run's first log interval holds Triton autotuning: rank and plot by the steady rate."""
-    from hybridlm.sweep.summary import run_record
+    from hybridlm.sweep.records import run_record
 
     run = make_run(tmp_path / "gpu", "GA", 1e-3, 3.0, 3.1, tps=50_000.0)
     results = json.loads((run / "results.json").read_text())
@@ -181,7 +181,8 @@ def test_runs_differing_only_in_layout_and_lr_get_no_warning(runs):
 def test_members_of_one_sweep_reproduce_its_table_without_warning(tmp_path):
     from hybridlm.sweep.plan import BaseOptions, build_grid_plan
     from hybridlm.sweep.state import load_plan, write_sweep
-    from hybridlm.sweep.summary import rank_records, ranking_table, sweep_records
+    from hybridlm.sweep.records import rank_records, sweep_records
+    from hybridlm.sweep.summary import ranking_table
 
     small = ["train.eval_interval=4", "data.seq_len=32", "train.eval_batches=2", "train.max_steps=8"]
     plan = build_grid_plan(BaseOptions(out=tmp_path / "sweep", preset="tiny", overrides=small),

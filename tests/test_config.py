@@ -90,3 +90,12 @@ def test_unset_fields_survive_loading_over_a_preset(tmp_path):
     again = Config.load(path, base=preset("h100_hybrid_sparse"))
     assert again.model.attention.window_size is None
     assert again.to_dict() == config.to_dict()
+
+
+def test_set_none_on_a_string_field_means_the_word():
+    """`--set train.parallel=none` (none/null parse to None for nullable fields) is the choice "none"."""
+    from hybridlm.config.config import parse_assignment
+
+    config = resolve(preset="tiny", overrides=["train.parallel=none", "train.activation_checkpointing=none"])
+    assert config.train.parallel == "none" and config.train.activation_checkpointing == "none"
+    assert parse_assignment("model.attention.window_size=none") == ("model.attention.window_size", None)

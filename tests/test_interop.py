@@ -121,8 +121,8 @@ def test_reference_preset_sizes():
 
 def test_fused_gate_training_path_follows_fla_contract(fla_models, monkeypatch):
     """On CUDA the mixer hands FLA raw a/b projections with use_gate_in_kernel / use_beta_sigmoid_in_kernel,
-    as FLA's own layer does: through the `hybridlm::gdn_chunk` custom op (whose CPU kernel is the
-    reference), and through FLA's own function (what verify compares the op with). Here FLA's function
+    as FLA's own layer does: through FLA's own function (eager training) and through the
+    `hybridlm::gdn_chunk` custom op (compiled blocks; its CPU kernel is the reference). Here FLA's function
     is replaced by its documented semantics (computed with our torch op), so the test proves the wiring:
     same logits as the explicit-gate path, float64."""
     from dataclasses import replace
@@ -152,9 +152,9 @@ def test_fused_gate_training_path_follows_fla_contract(fla_models, monkeypatch):
 
     monkeypatch.setattr(fla_gdr, "chunk_gated_delta_rule", fake_chunk)
     monkeypatch.setattr(gdn_fla, "fla_usable", lambda device: (True, "faked for the test"))
-    reference.use_kernels(replace(TORCH_KERNELS, gdn_train=fused.gdn_train))  # the training call: the op
+    reference.use_kernels(replace(TORCH_KERNELS, gdn_train=fused.gdn_train_op))  # compiled blocks' call
     assert (reference(ids).logits - expected).abs().max().item() < 1e-12 and not calls
-    reference.use_kernels(replace(TORCH_KERNELS, gdn_train=gdn_fla.fla_function_with_raw_gates))
+    reference.use_kernels(replace(TORCH_KERNELS, gdn_train=fused.gdn_train))  # eager training's call
     got = reference(ids).logits
     assert len(calls) == 2  # the two GDN layers
     assert (got - expected).abs().max().item() < 1e-12

@@ -13,7 +13,7 @@ from hybridlm.model import HybridLM
 from hybridlm.model import fused, kernels
 from hybridlm.model.kernels import TORCH_KERNELS, resolve_kernels
 from hybridlm.ops import gdn_fla
-from hybridlm.train.setup import compile_blocks, compile_wanted
+from hybridlm.train.setup import compile_blocks, compiled_layer_types
 
 
 def modules_with_kernels(model):
@@ -92,11 +92,29 @@ def test_moving_the_model_rechooses_its_kernels(monkeypatch):
 
 
 def test_compile_auto_policy():
+    """auto compiles the attention blocks on CUDA (measured faster there) and nothing on the CPU."""
+    hybrid = preset("tiny")
     cuda, cpu = torch.device("cuda"), torch.device("cpu")
-    transformer, hybrid = resolve(preset="h100_transformer"), resolve(preset="h100_hybrid_sparse")
-    assert compile_wanted("auto", transformer, cuda) and not compile_wanted("auto", hybrid, cuda)
-    assert not compile_wanted("auto", transformer, cpu)
-    assert compile_wanted(True, hybrid, cpu) and not compile_wanted(False, transformer, cuda)
+    assert compiled_layer_types("auto", hybrid, cuda) == ("attention",)
+    assert compiled_layer_types("auto", hybrid, cpu) == ()
+    assert compiled_layer_types(True, hybrid, cpu) == ("gdn", "attention")
+    assert compiled_layer_types(False, hybrid, cuda) == ()
+
+
+def test_only_the_compiled_blocks_get_the_compile_flavour(monkeypatch):
+    """With FLA usable (faked), compiling the attention blocks leaves the GDN blocks on the eager record."""
+    monkeypatch.setattr(gdn_fla, "fla_usable", lambda device: (True, "faked"))
+    monkeypatch.setattr(fused, "load", lambda: {"rms_norm": 0, "rms_norm_gated": 0, "causal_conv1d": 0,
+                                                 "swiglu": 0, "linear_cross_entropy": 0})
+    torch.manual_seed(0)
+    model = HybridLM(preset("tiny").model)
+    eager, compiled = resolve_kernels("auto", "cuda"), resolve_kernels("auto", "cuda", for_compile=True)
+    model.compiled_layers = tuple(i for i, t in enumerate(model.config.layer_types) if t == "attention")
+    model.use_kernels(eager, compiled)
+    for i, block in enumerate(model.model.layers):
+        expected = compiled if i in model.compiled_layers else eager
+        assert all(m.kernels is expected for m in modules_with_kernels(block))
+    assert model.kernels is eager and model.compiled_layers and len(model.compiled_layers) < len(model.model.layers)
 
 
 def test_results_record_the_kernels_and_the_first_step(tmp_path):
@@ -116,7 +134,8 @@ def test_compiled_blocks_equal_eager_on_cpu():
     eager = HybridLM(preset("tiny").model)
     compiled = copy.deepcopy(eager)
     compile_blocks(compiled)
-    assert compiled.kernels_for_compile and all(m.kernels is compiled.kernels for m in modules_with_kernels(compiled))
+    assert compiled.compiled_layers == tuple(range(len(compiled.model.layers)))
+    assert all(m.kernels.names == compiled.kernels.names for m in modules_with_kernels(compiled))
     ids = torch.randint(0, 1000, (2, 64))
     a, b = eager(ids, labels=ids).loss, compiled(ids, labels=ids).loss
     a.backward()

@@ -41,24 +41,54 @@ def test_cached_decoding_matches_full_forward_float64(layout, window, extra):
     assert cache.seen_tokens == 29
 
 
-def test_attention_cache_is_bounded_by_window():
+def test_attention_cache_is_a_ring_of_the_window():
+    """With a window the buffer holds `window` slots whatever the length, written in place."""
     model = HybridLM(small_config("A", window=4)).double().eval()
     cache = model.new_cache()
     with torch.no_grad():
+        model(torch.randint(0, 97, (1, 1)), cache=cache)
+        pointer = cache.layers[0].k.data_ptr()
         for _ in range(10):
             model(torch.randint(0, 97, (1, 1)), cache=cache)
-    assert cache.layers[0]["k"].shape[1] == 3
+    assert cache.layers[0].k.shape == (1, 2, 4, 8) and cache.layers[0].k.data_ptr() == pointer
 
 
-def test_gdn_decoding_state_has_constant_size():
+def test_attention_cache_without_window_is_preallocated_or_doubles():
+    model = HybridLM(small_config("A")).eval()
+    fixed = model.new_cache(batch_size=2, max_length=70)
+    assert fixed.layers[0].k.shape == (2, 2, 128, 8)  # rounded up to 64 slots
+    growing = model.new_cache()
+    with torch.no_grad():
+        model(torch.randint(0, 97, (1, 300)), cache=growing)
+        assert growing.layers[0].k.shape[2] == 512 and growing.version == 1
+        model(torch.randint(0, 97, (1, 1)), cache=growing)
+    assert growing.layers[0].k.shape[2] == 512 and growing.seen_tokens == 301
+
+
+def test_gdn_decoding_state_has_constant_size_and_stays_in_place():
     model = HybridLM(small_config("G")).eval()
     cache = model.new_cache()
     with torch.no_grad():
         model(torch.randint(0, 97, (1, 50)), cache=cache)
-        shapes = (cache.layers[0]["state"].shape, cache.layers[0]["conv"].shape)
+        layer = cache.layers[0]
+        shapes, pointers = (layer.state.shape, layer.conv.shape), (layer.state.data_ptr(), layer.conv.data_ptr())
         model(torch.randint(0, 97, (1, 1)), cache=cache)
-    assert (cache.layers[0]["state"].shape, cache.layers[0]["conv"].shape) == shapes
-    assert shapes[0] == (1, 2, 16, 16) and shapes[1] == (1, 3, 96)  # q|k|v tails: 32 + 32 + 32
+    assert (layer.state.shape, layer.conv.shape) == shapes
+    assert (layer.state.data_ptr(), layer.conv.data_ptr()) == pointers
+    assert shapes[0] == (1, 2, 16, 16) and shapes[1] == (1, 96, 4)  # q|k|v: 32 + 32 + 32 channels, kernel 4
+
+
+def test_conv_state_holds_the_last_inputs_after_a_short_prefill():
+    """A prompt shorter than the kernel leaves zeros in front of it, as the whole-sequence conv assumes."""
+    torch.manual_seed(0)
+    model = HybridLM(small_config("G")).double().eval()
+    ids = torch.randint(0, 97, (1, 6))
+    with torch.no_grad():
+        full = model(ids).logits
+        cache = model.new_cache()
+        pieces = [model(ids[:, :2], cache=cache).logits, model(ids[:, 2:3], cache=cache).logits,
+                  model(ids[:, 3:], cache=cache).logits]
+    assert (torch.cat(pieces, 1) - full).abs().max().item() <= 1e-9
 
 
 def test_chunked_loss_equals_plain_cross_entropy_and_its_gradients():

@@ -9,7 +9,8 @@ import pytest
 from hybridlm.cli import build_parser, main
 from hybridlm.config.presets import PRESETS
 from hybridlm.runs import RunDir
-from hybridlm.sweep.state import merge_with_previous, record_member_configs, write_sweep
+from hybridlm.sweep.configs import merge_with_previous, record_member_configs
+from hybridlm.sweep.state import write_sweep
 
 if sys.version_info >= (3, 11):
     import tomllib

@@ -188,7 +188,8 @@ def test_dry_run_writes_nothing(tmp_path, capsys):
 
 
 def test_sweep_json_round_trip(tmp_path):
-    from hybridlm.sweep.state import load_plan, merge_with_previous, write_sweep
+    from hybridlm.sweep.configs import merge_with_previous
+    from hybridlm.sweep.state import load_plan, write_sweep
 
     plan = build_arch_plan(options(tmp_path, steps=8), "GG,GA")
     plan.members[0].status, plan.members[0].error, plan.members[0].attempts = "failed", "boom", 1
@@ -207,7 +208,8 @@ def test_sweep_json_round_trip(tmp_path):
 
 def saved_plan(tmp_path, **kw):
     """A plan as `sweep` saves it before training: configs/NAME.toml and their sha256 in sweep.json."""
-    from hybridlm.sweep.state import merge_with_previous, record_member_configs, write_sweep
+    from hybridlm.sweep.configs import merge_with_previous, record_member_configs
+    from hybridlm.sweep.state import write_sweep
 
     plan = build_arch_plan(options(tmp_path, steps=8, **kw), "GG,GA")
     merge_with_previous(plan)
@@ -238,7 +240,7 @@ def test_plan_writes_each_members_config_and_its_sha256(tmp_path):
 
 def test_rerun_with_an_edited_preset_or_base_is_refused_naming_member_and_key(tmp_path, monkeypatch):
     from hybridlm.config.presets import PRESETS
-    from hybridlm.sweep.state import merge_with_previous
+    from hybridlm.sweep.configs import merge_with_previous
 
     base = tmp_path / "base.toml"
     base.write_text("[train]\nweight_decay = 0.1\n")
@@ -269,7 +271,7 @@ def test_rerun_with_an_edited_preset_or_base_is_refused_naming_member_and_key(tm
 
 
 def test_an_edited_or_deleted_member_config_file(tmp_path):
-    from hybridlm.sweep.state import merge_with_previous, planned_config_problem, record_member_configs
+    from hybridlm.sweep.configs import merge_with_previous, planned_config_problem, record_member_configs
 
     plan = saved_plan(tmp_path)
     gg, ga = plan.members
@@ -294,7 +296,7 @@ def test_an_edited_or_deleted_member_config_file(tmp_path):
 
 def test_member_leftovers_are_only_this_members_run(tmp_path):
     from hybridlm.config import resolve
-    from hybridlm.sweep.job import _is_member_leftover
+    from hybridlm.sweep.configs import is_member_leftover
 
     plan = build_arch_plan(options(tmp_path, steps=8), "GG")
     config = plan.members[0].build_config()
@@ -302,14 +304,14 @@ def test_member_leftovers_are_only_this_members_run(tmp_path):
     (run / "checkpoints").mkdir(parents=True)
     for name in (".lock", "train_error.txt", "train.log", "metrics.jsonl"):
         (run / name).write_text("x")
-    assert _is_member_leftover(run, config)  # an attempt that died before writing its config
+    assert is_member_leftover(run, config)  # an attempt that died before writing its config
     resolve(base=config, values={"model.vocab_size": 1000, "train.log_interval": 3}).save(run / "config.toml")
-    assert _is_member_leftover(run, config)  # what training fills in / settings that never change the experiment
+    assert is_member_leftover(run, config)  # what training fills in / settings that never change the experiment
     resolve(base=config, values={"train.lr": 1.0}).save(run / "config.toml")
-    assert not _is_member_leftover(run, config)  # a run of another experiment: not ours to delete
+    assert not is_member_leftover(run, config)  # a run of another experiment: not ours to delete
     config.save(run / "config.toml")
     (run / "notes.txt").write_text("mine")
-    assert not _is_member_leftover(run, config)
+    assert not is_member_leftover(run, config)
 
 
 def test_train_args_activate_a_clone_named_with_set(tmp_path):

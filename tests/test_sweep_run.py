@@ -23,13 +23,7 @@ MEMBER_FIELDS = ("rank", "name", "layout", "attention_pct", "lr", "params", "bes
                  "error")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread_members():
-    """Members inherit one CPU thread: 2 threads on 2 shared cores stall when other jobs run, and the
-    kill-and-resume comparison needs the same thread count in both sweeps (bit-exact CPU results)."""
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("OMP_NUM_THREADS", "1")
-        yield
+pytestmark = pytest.mark.usefixtures("one_thread_members")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")

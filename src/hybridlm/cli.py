@@ -123,11 +123,30 @@ def cmd_info(args) -> int:
 
 
 def cmd_generate(args) -> int:
-    from hybridlm.generate import stream_text
+    import codecs
 
-    stream_text(args.run, args.prompt, checkpoint=args.checkpoint, max_new_tokens=args.max_new_tokens,
-                temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed,
-                device=args.device)
+    from hybridlm import generate
+    from hybridlm.errors import ConfigError
+
+    if args.max_new_tokens < 1:
+        raise ConfigError(f"--max-new-tokens must be at least 1, got {args.max_new_tokens}")
+    if args.prompts_file and (args.interactive or args.prompt):
+        raise ConfigError("--prompts-file generates for its own prompts; leave out --prompt and --interactive")
+    if not args.prompts_file and (args.out or args.batch_size is not None):
+        raise ConfigError("--out and --batch-size go with --prompts-file FILE")
+    options = generate.Options(args.max_new_tokens, args.temperature, args.top_k or None, args.top_p,
+                               args.repetition_penalty, args.seed)
+    if args.prompts_file:
+        generate.generate_file(args.run, args.prompts_file, args.out, args.batch_size or 32, args.checkpoint,
+                               options, args.device, args.dtype)
+    elif args.interactive:
+        stop = codecs.decode(args.stop, "unicode_escape") if args.stop else None
+        generate.chat(args.run, args.checkpoint, options, args.device, args.dtype, stop=stop, prompt=args.prompt)
+    else:
+        generate.stream_text(args.run, args.prompt, checkpoint=args.checkpoint, max_new_tokens=args.max_new_tokens,
+                             temperature=args.temperature, top_k=args.top_k or None, top_p=args.top_p,
+                             seed=args.seed, device=args.device, repetition_penalty=args.repetition_penalty,
+                             dtype=args.dtype)
     return 0
 
 
@@ -154,7 +173,7 @@ def cmd_export(args) -> int:
 def cmd_verify(args) -> int:
     from hybridlm.verify import run_verify
 
-    return run_verify(tuple(args.sections.split(",")))
+    return run_verify(tuple(args.sections.split(",")), run=args.run)
 
 
 def cmd_demo(args) -> int:
@@ -191,16 +210,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run", help="run directory")
     p.set_defaults(func=cmd_info)
 
-    p = sub.add_parser("generate", help="sample text from a trained run, streamed as it is produced")
+    p = sub.add_parser("generate", help="sample text from a trained run: streamed, as a conversation, or for a "
+                       "file of prompts (JSONL out)")
     p.add_argument("--run", required=True, help="run directory")
     p.add_argument("--checkpoint", default="best", help="best | final | latest | step_NNNNNN | PATH")
-    p.add_argument("--prompt", default="", help="text to continue (default: start of a document)")
+    p.add_argument("--prompt", default="", help="text to continue (default: start of a document); with "
+                   "--interactive, put before the first line read")
+    p.add_argument("--interactive", action="store_true",
+                   help="read lines from stdin and reply to each, keeping the model's state between turns")
+    p.add_argument("--stop", default=None, help="with --interactive: end a reply once it contains this text "
+                   "(escapes such as \\n understood)")
+    p.add_argument("--prompts-file", help="one prompt per line (or JSONL with a \"prompt\" field): generate for "
+                   "all of them, in batches, as JSONL")
+    p.add_argument("--batch-size", type=int, default=None, help="with --prompts-file: prompts per batch (32)")
+    p.add_argument("--out", help="with --prompts-file: the JSONL file to write (default: stdout)")
     p.add_argument("--max-new-tokens", type=int, default=200)
-    p.add_argument("--temperature", type=float, default=0.8)
-    p.add_argument("--top-k", type=int, default=50)
+    p.add_argument("--temperature", type=float, default=0.8, help="0: greedy")
+    p.add_argument("--top-k", type=int, default=50, help="0: off")
     p.add_argument("--top-p", type=float, default=None)
+    p.add_argument("--repetition-penalty", type=float, default=1.0, help="CTRL's penalty on tokens already "
+                   "in the row (1: off)")
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--device", default="auto")
+    p.add_argument("--dtype", default="auto", help="auto (bfloat16 on CUDA, float32 on CPU) | float32 | bfloat16 "
+                   "| float16")
     p.set_defaults(func=cmd_generate)
 
     p = sub.add_parser("doctor", help="what this machine has: torch, CUDA, GPU, triton, FLA, tilelang")
@@ -215,8 +248,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("verify", help="GPU: check FLA kernels against the PyTorch reference (exit 1 on failure)")
     p.add_argument("--sections", default="fla_model,decode,flex,loss,model,compile,op",
-                   help="comma list of fla_model, decode, flex, loss, model, compile, op (= op_bf16 + op_fp32), "
-                        "run in this order")
+                   help="comma list of fla_model, decode, flex, loss, model, compile, opcheck, op (= op_bf16 + "
+                        "op_fp32), run in this order")
+    p.add_argument("--run", help="decode section: a trained run for the greedy-decoding rows (default: random "
+                   "weights)")
     p.set_defaults(func=cmd_verify)
 
     p = sub.add_parser("demo", help="the README demo: train cpu_demo, print results and sample text")

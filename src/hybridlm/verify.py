@@ -4,7 +4,8 @@ In one process: the GDN op through FLA against float64 ground truth and against 
 chunked op (forward and every gradient, bf16 and float32, head dims 64/256, T in {64, 1000, 4096},
 with and without an initial state); a hybrid model's logits and gradients under bf16 autocast with
 kernels=fla and kernels=torch, each against the model in float64; our pure-GDN model against FLA's own
-`GatedDeltaNetForCausalLM` holding the same weights; cached decoding against the full forward; FLA's
+`GatedDeltaNetForCausalLM` holding the same weights; cached decoding against the full forward, and the
+generation decoder's greedy tokens (bf16 and float32, CUDA graphs) against the full forward's; FLA's
 fused loss against ours; sliding-window attention through FlexAttention (bf16) against the float32 dense-mask
 reference. Every line is a relative error ||a - b|| / ||b|| against a threshold.
 Measuring each fast path against float64 (not only against each other) says which side is off.
@@ -184,26 +185,26 @@ def _opcheck_gdn_chunk(device: torch.device) -> Check:
     return Check("hybridlm::gdn_chunk opcheck on CUDA (schema, fake tensors, autograd, AOT dispatch)", error, 0.5)
 
 
-def check_compiled(device: torch.device, seq_len: int = 1000):
+def check_compiled(device: torch.device, seq_len: int = 1024):
     """What training runs when it compiles, and the custom op it compiles through (yields each check):
-    - the `hybridlm::gdn_chunk` op against FLA's own chunk_gated_delta_rule in the same model: the same
-      kernels on the same inputs (the op recomputes FLA's intra-chunk matrix in its backward), so equal
-      up to the order of FLA's atomic reductions;
+    - the `hybridlm::gdn_chunk` op (what compiled GDN blocks call) against FLA's own
+      chunk_gated_delta_rule (what eager training calls) in the same model: the same kernels on the same
+      inputs (the op recomputes FLA's intra-chunk matrix in its backward), so equal up to the order of
+      FLA's atomic reductions;
     - the model with compiled blocks (Inductor's norms, SwiGLU and short conv around the op) against
       float64, with the thresholds of the eager model, and against the eager model."""
     from dataclasses import replace
 
-    from hybridlm.ops.gdn_fla import fla_function_with_raw_gates
+    from hybridlm.model import fused
     from hybridlm.train.setup import compile_blocks
 
-    yield _opcheck_gdn_chunk(device)
     logits_and_grads = _hybrid_logits_and_grads(device, seq_len)
     eager = logits_and_grads("fla", torch.float32)
-    function = logits_and_grads("fla", torch.float32, lambda model: model.use_kernels(
-        replace(model.kernels, gdn_train=fla_function_with_raw_gates)))
+    op = logits_and_grads("fla", torch.float32, lambda model: model.use_kernels(
+        replace(model.kernels, gdn_train=fused.gdn_train_op)))
     for i, what in enumerate(("logits", "gradients")):
         yield Check(f"hybrid model {what}: gdn_chunk custom op vs FLA's function (bf16 autocast)",
-                    rel_error(eager[i], function[i]), 1e-3)
+                    rel_error(op[i], eager[i]), 1e-3)
     compiled = logits_and_grads("fla", torch.float32, compile_blocks)
     truth = logits_and_grads("torch", torch.float64)
     for i, what in enumerate(("logits", "gradients")):
@@ -262,7 +263,8 @@ def check_against_fla_model(device: torch.device):
 
 
 def check_decoding(device: torch.device, kernels: str = "fla") -> list[Check]:
-    """Cached step-by-step decoding (FLA: fused recurrent kernel) vs the full forward (chunk kernel)."""
+    """Cached chunk-then-step decoding (FLA: chunk kernel, then the in-place step kernels) vs the full forward
+    (chunk kernel), logits in float32."""
     from hybridlm.model import HybridLM
 
     torch.manual_seed(0)
@@ -276,6 +278,79 @@ def check_decoding(device: torch.device, kernels: str = "fla") -> list[Check]:
         cached = torch.cat([prefix, *steps], dim=1)
     return [Check(f"cached decoding vs full forward (fp32, {kernels} kernels)", rel_error(cached, full),
                   DECODE_THRESHOLD)]
+
+
+PROMPT_TEXT = ("First Citizen:\nBefore we proceed any further, hear me speak.\n\nAll:\nSpeak, speak.\n\n"
+               "First Citizen:\nYou are all resolved rather to die than to famish?\n\n")
+# Greedy decoding's worst gap (in logit standard deviations, at the step) between the full forward's best
+# token and the token the fast path chose: 0 when they agree, small at a near tie that rounding may flip
+GREEDY_GAP_THRESHOLDS = {torch.float32: 2e-2, torch.bfloat16: 0.25}
+
+
+def greedy_gap(model, prompts: list[list[int]], chosen: torch.Tensor) -> tuple[float, int]:
+    """(worst normalised gap, tokens equal to the argmax) of the full forward, run without a cache over each
+    prompt and the tokens `chosen` [B, N] after it, against those tokens."""
+    worst, equal = 0.0, 0
+    for prompt, row in zip(prompts, chosen.tolist()):
+        ids = torch.tensor([prompt + row[:-1]], device=chosen.device)
+        with torch.no_grad():
+            logits = model(ids).logits[0, len(prompt) - 1:].float()  # the logits each choice was made from
+        picked = logits.gather(1, torch.tensor(row, device=logits.device)[:, None])[:, 0]
+        gaps = (logits.max(-1).values - picked) / logits.std(-1).clamp_min(1e-12)
+        worst, equal = max(worst, gaps.max().item()), equal + int((gaps == 0).sum())
+    return worst, equal
+
+
+def check_fast_decoding(device: torch.device, kernels: str = "fla", run: str | None = None,
+                        new_tokens: int = 256, dtypes: tuple[torch.dtype, ...] = (torch.bfloat16, torch.float32),
+                        config=None, prompt_lengths: tuple[int, ...] = (400, 300)) -> list[Check]:
+    """`hybridlm generate`'s decoder (prefill with the chunk kernels, the in-place step kernels, on-device
+    sampling, CUDA graphs on CUDA) against the full forward: greedy tokens for `new_tokens` tokens, two prompts
+    of different lengths in one batch (400 and 300, + 256 tokens: past the 512 window, so the ring wraps), in
+    bf16 and float32; CUDA-graph decoding against the same steps run eagerly (equal tokens); seeded sampling
+    reproducible. `run`: a trained run directory, prompted with text (fewer near ties than random weights),
+    else a seeded random model of the H100 presets' GDN geometry prompted with random tokens."""
+    from hybridlm.model import HybridLM
+    from hybridlm.model.decoder import Decoder
+    from hybridlm.model.sampling import Sampling
+
+    if run is not None:
+        from hybridlm.runs import load_run
+
+        base, tokenizer = load_run(run, device=device)
+        text = tokenizer.encode(PROMPT_TEXT)
+        prompts = [(text * (n // len(text) + 1))[:n] for n in prompt_lengths]
+        source = f"run {run}"
+    else:
+        torch.manual_seed(0)
+        base = HybridLM(config or _small_hybrid_config(kernels)).to(device)
+        gen = torch.Generator().manual_seed(1)
+        prompts = [torch.randint(0, base.config.vocab_size, (n,), generator=gen).tolist() for n in prompt_lengths]
+        source = "random weights"
+    state = base.state_dict()
+    graphs = device.type == "cuda"
+    checks = []
+    for dtype in dtypes:
+        model = HybridLM(base.config).to(device)
+        model.load_state_dict(state)
+        model.to(dtype).eval()
+        decoder = Decoder(model, cuda_graphs=graphs)
+        fast = decoder.generate(prompts, new_tokens, Sampling(temperature=0))
+        gap, equal = greedy_gap(model, prompts, fast)
+        label = f"{str(dtype)[6:]}, {'CUDA graphs' if graphs else 'eager'}, {base.config.layout_string}, {source}"
+        checks.append(Check(f"greedy decoder vs full forward ({label}): {equal}/{fast.numel()} tokens its argmax, "
+                            "worst gap in logit std", gap, GREEDY_GAP_THRESHOLDS[dtype]))
+        if dtype == dtypes[0] and graphs:
+            eager = Decoder(model, cuda_graphs=False).generate(prompts, new_tokens, Sampling(temperature=0))
+            checks.append(Check(f"greedy decoder, CUDA graphs vs eager ({label}): tokens that differ",
+                                float((fast != eager).sum()), 0.0))
+        if dtype == dtypes[0]:
+            sampling = Sampling(temperature=1.0, top_k=50, top_p=0.95, repetition_penalty=1.2)
+            a, b = (decoder.generate(prompts, 64, sampling, seed=7) for _ in range(2))
+            checks.append(Check(f"seeded sampling reproducible ({label}): tokens that differ",
+                                float((a != b).sum()), 0.0))
+        del model, decoder
+    return checks
 
 
 def check_fused_loss(device: torch.device):
@@ -342,11 +417,15 @@ def check_flex(device: torch.device, configs=FLEX_CONFIGS, window: int = 2048, h
                     f"(worst: {names[worst]})", errors[worst], OP_THRESHOLDS[torch.bfloat16])
 
 
-def run_verify(sections: tuple[str, ...] = ("fla_model", "decode", "flex", "loss", "model", "compile", "op")) -> int:
+def run_verify(sections: tuple[str, ...] = ("fla_model", "decode", "flex", "loss", "model", "compile", "op"),
+               run: str | None = None) -> int:
+    """`run`: a trained run directory for the decode section's greedy rows (default: random weights)."""
     from hybridlm.reports import format_table
 
     runners = {"op": check_op, "model": check_model_backends, "fla_model": check_against_fla_model,
-               "decode": check_decoding, "loss": check_fused_loss, "flex": check_flex, "compile": check_compiled,
+               "decode": lambda device: [*check_decoding(device), *check_fast_decoding(device, run=run)],
+               "loss": check_fused_loss, "flex": check_flex, "compile": check_compiled,
+               "opcheck": lambda device: [_opcheck_gdn_chunk(device)],
                "op_bf16": lambda device: check_op(device, (torch.bfloat16,)),
                "op_fp32": lambda device: check_op(device, (torch.float32,))}
     unknown = [name for name in sections if name not in runners]

@@ -18,7 +18,8 @@ from typing import Any
 from hybridlm.config.data_config import DataConfig
 from hybridlm.config.read_only import ReadOnlyWhenResolved
 from hybridlm.config.model_config import AttentionConfig, ModelConfig, apply_gdn_aliases
-from hybridlm.config.train_config import NAN_POLICIES, PRECISIONS, SCHEDULES, FlaConfig, RunConfig, TrainConfig
+from hybridlm.config.train_config import (ACTIVATION_CHECKPOINTING, NAN_POLICIES, PARALLEL_MODES, PRECISIONS, SCHEDULES,
+                                          FlaConfig, RunConfig, TrainConfig)
 from hybridlm.errors import ConfigError
 
 if sys.version_info >= (3, 11):
@@ -56,8 +57,13 @@ class Config(ReadOnlyWhenResolved):
             raise ConfigError(f"train.schedule must be one of {', '.join(SCHEDULES)}; got {t.schedule!r}")
         if isinstance(t.compile, str) and t.compile != "auto":
             raise ConfigError(f"train.compile must be true, false or \"auto\", got {t.compile!r}")
-        if t.parallel not in ("auto", "none", "ddp"):
-            raise ConfigError(f"train.parallel must be auto, none or ddp, got {t.parallel!r}")
+        if t.parallel not in PARALLEL_MODES:
+            raise ConfigError(f"train.parallel must be one of {', '.join(PARALLEL_MODES)}, got {t.parallel!r}")
+        if t.fsdp.replicate < 1:
+            raise ConfigError(f"train.fsdp.replicate must be at least 1, got {t.fsdp.replicate}")
+        if t.activation_checkpointing not in ACTIVATION_CHECKPOINTING:
+            raise ConfigError(f"train.activation_checkpointing must be one of {', '.join(ACTIVATION_CHECKPOINTING)}, "
+                              f"got {t.activation_checkpointing!r}")
         if t.nan_policy not in NAN_POLICIES:
             raise ConfigError(f"train.nan_policy must be one of {', '.join(NAN_POLICIES)}; got {t.nan_policy!r}")
         check_run_name(self.run.name)
@@ -71,7 +77,8 @@ class Config(ReadOnlyWhenResolved):
 
     def freeze(self) -> "Config":
         """Make this config read-only (what `resolve` returns); `copy()` gives a writable one."""
-        for section in (self, self.model, self.model.attention, self.data, self.train, self.run, self.fla):
+        for section in (self, self.model, self.model.attention, self.data, self.train, self.train.fsdp, self.run,
+                        self.fla):
             section._mark_resolved()
         return self
 
@@ -229,6 +236,8 @@ def _coerce(key: str, value: Any, annotation: Any) -> Any:
     if annotation is str:
         if isinstance(value, str):
             return value
+        if value is None:  # `--set train.parallel=none`: for a field that is never unset, the word itself
+            return "none"
         raise ConfigError(f"{key} must be a string, got {value!r}")
     if annotation is AttentionConfig and isinstance(value, AttentionConfig):
         return value

@@ -20,11 +20,18 @@ from hybridlm.errors import ConfigError
 # precision "auto" it decides fp32 or bf16.) nan_policy / nan_max_skips only act once a step is
 # non-finite, which is when one resumes to change them; fla.path is a record of the clone in use (only
 # one named on the command line is activated), rewritten by every run.
+# How the work is spread (parallel mode, FSDP2 sharding, activation checkpointing) changes memory and
+# speed, and at most the order of float additions, like the number of ranks does.
 RESUME_SAFE_KEYS = (
     "train.log_interval", "train.eval_interval", "train.save_interval", "train.keep_checkpoints",
     "train.tensorboard", "train.wandb_project", "train.nan_policy", "train.nan_max_skips", "run.description",
-    "fla.path",
+    "fla.path", "train.parallel", "train.fsdp.reshard_after_forward", "train.fsdp.replicate",
+    "train.activation_checkpointing",
 )
+# How a step's global batch (batch_size x grad_accum x ranks windows) is split: may change on resume as long
+# as the product stays the run's global batch, which the trainer checks once the number of ranks is known
+# (train/global_batch.py). Not "safe" in general: in a sweep they are part of the experiment.
+RESUME_RESPLIT_KEYS = ("train.batch_size", "train.grad_accum")
 
 
 def resolve(preset: str | None = None, file: str | Path | None = None, overrides: Sequence[str] = (),
@@ -66,14 +73,15 @@ def resume_changes(saved: Config, preset: str | None = None, file: str | Path | 
     """The saved config with the allowed changes applied; anything else is a one-line error.
 
     `--preset` is refused outright (a preset is a whole new experiment). A `--config` file or `--set`
-    may repeat the saved values, and may change only the keys in RESUME_SAFE_KEYS."""
+    may repeat the saved values, and may change only the keys in RESUME_SAFE_KEYS (and RESUME_RESPLIT_KEYS, which
+    the trainer checks against the run's global batch)."""
     if preset is not None:
         raise ConfigError(f"--preset {preset} cannot be combined with --resume: a resumed run keeps its own "
                           "config.toml (use --extend-steps N to train longer, or start a new run with --out)")
     if file is None and not overrides:
         return saved
     wanted = resolve(base=saved, file=file, overrides=overrides)
-    refused = [k for k in changed_keys(saved, wanted) if k not in RESUME_SAFE_KEYS]
+    refused = [k for k in changed_keys(saved, wanted) if k not in RESUME_SAFE_KEYS + RESUME_RESPLIT_KEYS]
     if refused:
         detail = ", ".join(f"{k} ({_value(saved, k)!r} -> {_value(wanted, k)!r})" for k in refused[:4])
         hint = " use --extend-steps N to train longer;" if "train.max_steps" in refused else ""

@@ -2,13 +2,30 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from hybridlm.config.read_only import ReadOnlyWhenResolved
 
 PRECISIONS = ("auto", "fp32", "bf16", "bf16-pure")
 NAN_POLICIES = ("stop", "skip")
 SCHEDULES = ("linear", "cosine", "constant")
+PARALLEL_MODES = ("auto", "none", "ddp", "fsdp")
+ACTIVATION_CHECKPOINTING = ("none", "full", "selective")
+
+
+@dataclass
+class FsdpConfig(ReadOnlyWhenResolved):
+    """FSDP2 (`fully_shard`) settings; they apply when train.parallel resolves to "fsdp"."""
+
+    # free each block's gathered weights after its forward (gather again for backward): less memory,
+    # one more all-gather per block; false keeps them from forward to backward (ZeRO-2 style)
+    reshard_after_forward: bool = True
+    # HSDP: the ranks form a (replicate x shard) mesh; weights are sharded within a group of
+    # WORLD_SIZE / replicate ranks (e.g. one node) and replicated across the groups. 1: plain FSDP
+    replicate: int = 1
+    # under precision "bf16": gather weights in bf16 and reduce gradients in float32 (the master weights
+    # and AdamW stay float32); false gathers float32 weights and leaves bf16 to autocast, as DDP does
+    mixed_precision: bool = True
 
 
 @dataclass
@@ -39,14 +56,24 @@ class TrainConfig(ReadOnlyWhenResolved):
     device: str = "auto"
     # torch.compile per block: true / false, or "auto" (on where measured faster; see train/setup.py)
     compile: bool | str = "auto"
-    # several processes (torchrun): "auto" = DDP when WORLD_SIZE > 1, else none; "ddp"; "none"
+    # several processes (torchrun): "auto" = none on one process; with several, FSDP2 when the model and
+    # AdamW state would not fit comfortably on one device (train/parallel.py), else DDP; "ddp"; "fsdp"; "none"
     parallel: str = "auto"
+    fsdp: FsdpConfig = field(default_factory=FsdpConfig)
+    # recompute activations in backward, per block: "full" (keep only each block's input) or
+    # "selective" (keep matmul and attention outputs, recompute norms and element-wise ops); see
+    # train/activation_checkpointing.py. Same losses and gradients; less memory, more compute
+    activation_checkpointing: str = "none"
     # a non-finite loss or gradient norm: "stop" the run (weights are never saved non-finite), or
     # "skip" that update (counted in the metrics) and stop after `nan_max_skips` in a row
     nan_policy: str = "stop"
     nan_max_skips: int = 10
     tensorboard: bool = False
     wandb_project: str | None = None
+
+    def __post_init__(self) -> None:
+        if isinstance(self.fsdp, dict):
+            self.fsdp = FsdpConfig(**self.fsdp)
 
 
 @dataclass

@@ -26,6 +26,11 @@ from hybridlm.errors import DataError, DataExhausted
 _STATE_VERSION = 1
 
 
+def window_count(num_tokens: int, seq_len: int) -> int:
+    """The training windows (of seq_len + 1 tokens) in a split of `num_tokens` tokens: one epoch."""
+    return (num_tokens - 1) // seq_len if num_tokens > 0 else 0
+
+
 class TrainSampler:
     """Shuffled, non-repeating, resumable batches `[batch_size, seq_len + 1]` of training windows."""
 
@@ -38,7 +43,7 @@ class TrainSampler:
             raise DataError(f"rank {rank} is not in range for world_size {world_size}; check the launcher")
         if on_exhausted not in ("repeat", "stop"):
             raise DataError(f"data.on_exhausted is {on_exhausted!r}; use 'repeat' or 'stop'")
-        self.num_windows = (len(tokens) - 1) // seq_len if len(tokens) > 0 else 0
+        self.num_windows = window_count(len(tokens), seq_len)
         if self.num_windows < 1:
             raise DataError(f"seq_len {seq_len} is larger than the training split ({len(tokens)} tokens); "
                             "lower data.seq_len or use more text")
@@ -63,6 +68,11 @@ class TrainSampler:
     def epoch(self) -> int:
         """The epoch of the next window to be served."""
         return self.position // self.num_windows
+
+    @property
+    def epochs_read(self) -> float:
+        """How many times over the windows served so far cover the split (2.5: every window 2 or 3 times)."""
+        return self.position / self.num_windows
 
     @property
     def steps_per_epoch(self) -> float:

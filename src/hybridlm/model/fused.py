@@ -17,6 +17,7 @@ import torch
 from hybridlm.ops.cross_entropy import linear_cross_entropy as torch_linear_cross_entropy
 from hybridlm.ops import gdn_custom_op  # noqa: F401 - registers hybridlm::gdn_chunk
 from hybridlm.ops.gated_delta_rule import gated_delta_rule
+from hybridlm.ops.gdn_fla import fla_function_with_raw_gates
 
 
 @functools.lru_cache(maxsize=1)
@@ -44,10 +45,16 @@ def load() -> dict:
 
 
 def gdn_train(q, k, v, a, b, A_log, dt_bias, allow_neg_eigval):
-    """FLA's chunk kernel with the gates and q/k norms fused in, as FLA's GatedDeltaNet layer calls it,
-    through the `hybridlm::gdn_chunk` custom op (a compiled block traces through it). No checks here:
-    the record was resolved with FLA usable; `gated_delta_rule_with_gates(backend="fla")` is the same
-    call with its checks."""
+    """FLA's chunk kernel with the gates and q/k norms fused in, as FLA's GatedDeltaNet layer calls it
+    (FLA's own autograd.Function, which keeps its intermediates for the backward)."""
+    return fla_function_with_raw_gates(q, k, v, a, b, A_log, dt_bias, allow_neg_eigval)
+
+
+def gdn_train_op(q, k, v, a, b, A_log, dt_bias, allow_neg_eigval):
+    """The same call through the `hybridlm::gdn_chunk` custom op, for compiled blocks: Dynamo traces
+    through it where FLA's function (marked torch.compiler.disable) would break the graph. It recomputes
+    FLA's small intermediates in its backward instead of saving them (`hybridlm verify`'s compile rows
+    check it against `gdn_train`)."""
     return torch.ops.hybridlm.gdn_chunk(q, k, v, a, b, A_log, dt_bias, allow_neg_eigval)
 
 

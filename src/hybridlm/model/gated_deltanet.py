@@ -7,10 +7,11 @@
     S_t     = exp(g_t)(I - beta_t k_t k_t^T) S_{t-1} + beta_t k_t v_t^T,   o_t = S_t^T q_t / sqrt(d_k)
     out     = o_proj(RMSNorm(o) * silu(g_proj x))   per value head
 
-The six input projections run as one GEMM over their stacked weights and the three short convolutions
-as one depthwise convolution over q|k|v: the same functions (every output element is the same dot
-product), with one pass over x and one backward GEMM instead of six plus five additions, while the
-parameters keep FLA's names and shapes so checkpoints load into FLA and back.
+Training runs the projections and short convolutions one by one, as FLA's layer does: stacking them
+into one GEMM and one convolution over q|k|v was measured slower on an H200 (116K vs 136K tokens/s for
+h100_deltanet, docs/benchmarks.md), because splitting the stacked output makes q, k and v strided views
+that the chunk kernel must copy, and the split's backward concatenates the gradients again. Prefill and
+decoding, which have no backward, use the stacked form (`_in_projections`, `_conv`).
 """
 
 from __future__ import annotations
@@ -22,9 +23,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from hybridlm.config.model_config import ModelConfig
+from hybridlm.model.cache import GDNCache
 from hybridlm.model.kernels import TORCH_KERNELS, Kernels
 from hybridlm.model.norm import GatedRMSNorm, RMSNorm
 from hybridlm.model.short_conv import ShortConvolution, conv_with_tail
+from hybridlm.ops.decode_step import gdn_gates
 
 
 class GatedDeltaNet(nn.Module):
@@ -83,34 +86,86 @@ class GatedDeltaNet(nn.Module):
         g = parts[1] if self.use_gate else None
         return parts[0], g, parts[-2], parts[-1]
 
-    def _conv(self, qkv: torch.Tensor, cache: dict | None) -> torch.Tensor:
+    def _conv(self, qkv: torch.Tensor, cache: GDNCache | None) -> torch.Tensor:
         """silu(short conv) of q|k|v at once (the depthwise conv never mixes channels)."""
         if not self.use_short_conv:
             return F.silu(qkv)
         weight = torch.cat([self.q_conv1d.weight, self.k_conv1d.weight, self.v_conv1d.weight])
         if cache is None:
             return self.kernels.short_conv(qkv, weight)
-        y, cache["conv"] = conv_with_tail(qkv, weight, cache.get("conv"))
+        if cache.owner.rows_empty():  # a prefill: the training kernel, from zeros
+            y = self.kernels.short_conv(qkv, weight)
+        else:
+            y, _ = conv_with_tail(qkv, weight, cache.conv[:, :, 1:].transpose(1, 2))
+        cache.store_conv_inputs(qkv)
         return y
 
-    def forward(self, x: torch.Tensor, cache: dict | None = None) -> torch.Tensor:
-        """x: [B, T, hidden]. `cache` (a dict, updated in place) carries the state between calls."""
+    def _train_forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Training and scoring (no state): gates and q/k norms fused into FLA's chunk kernel."""
+        b, t, _ = x.shape
+        convs = (self.q_conv1d, self.k_conv1d, self.v_conv1d) if self.use_short_conv else (None,) * 3
+        q, k, v = (self.kernels.short_conv(proj(x), conv.weight) if conv is not None else F.silu(proj(x))
+                   for proj, conv in zip((self.q_proj, self.k_proj, self.v_proj), convs))
+        q = q.view(b, t, self.num_heads, self.head_k_dim)
+        k = k.view(b, t, self.num_heads, self.head_k_dim)
+        v = v.view(b, t, self.num_v_heads, self.head_v_dim)
+        o = self.kernels.gdn_train(q, k, v, self.a_proj(x), self.b_proj(x), self.A_log, self.dt_bias,
+                                   self.allow_neg_eigval)
+        return self._output(o, self.g_proj(x) if self.use_gate else None)
+
+    def forward(self, x: torch.Tensor, cache: GDNCache | None = None) -> torch.Tensor:
+        """x: [B, T, hidden]. `cache` (updated in place) carries the state between calls."""
+        if cache is None:
+            return self._train_forward(x)
+        cache.ensure(x)
+        if x.shape[1] == 1:
+            return self._step(x, cache)
         b, t, _ = x.shape
         qkv, gate, a, beta_raw = self._in_projections(x)
         q, k, v = self._conv(qkv, cache).split([self.key_dim, self.key_dim, self.value_dim], dim=-1)
         q = q.reshape(b, t, self.num_heads, self.head_k_dim)
         k = k.reshape(b, t, self.num_heads, self.head_k_dim)
         v = v.reshape(b, t, self.num_v_heads, self.head_v_dim)
-        if cache is None:  # training / scoring: gates and q/k norms fused into FLA's chunk kernel
-            o = self.kernels.gdn_train(q, k, v, a, beta_raw, self.A_log, self.dt_bias, self.allow_neg_eigval)
-            return self._output(o, gate)
-        acc = torch.promote_types(x.dtype, torch.float32)  # gates in float32 (float64 in tests)
-        beta = beta_raw.to(acc).sigmoid()
-        if self.allow_neg_eigval:
-            beta = beta * 2.0
-        g = -self.A_log.to(acc).exp() * F.softplus(a.to(acc) + self.dt_bias.to(acc))
-        o, cache["state"] = self.kernels.gdn(q, k, v, g, beta, cache.get("state"), True)
+        # a prefill (chunk kernel from zeros), or more tokens after earlier ones (from the state)
+        g, beta = gdn_gates(a, beta_raw, self.A_log, self.dt_bias, self.allow_neg_eigval, cache.state.dtype)
+        initial = None if cache.owner.rows_empty() else cache.state
+        o, state = self.kernels.gdn(q, k, v, g, beta, initial, True)
+        cache.state.copy_(state)
         return self._output(o, gate)
+
+    def _step(self, x: torch.Tensor, cache: GDNCache) -> torch.Tensor:
+        """One token per row: one GEMM over weights stacked once per cache, then the in-place step kernels."""
+        b = x.shape[0]
+        if cache.in_weight is None:
+            self.stack_decode_weights(cache)
+        parts = F.linear(x[:, 0], cache.in_weight).split(self._projection_sizes(), dim=-1)
+        qkv, a, beta_raw = parts[0], parts[-2], parts[-1]
+        if self.use_short_conv:
+            y = self.kernels.short_conv_step(qkv, cache.conv_weight, cache.conv)
+        else:
+            y = F.silu(qkv)
+        q, k, v = y.split([self.key_dim, self.key_dim, self.value_dim], dim=-1)
+        q = q.reshape(b, 1, self.num_heads, self.head_k_dim)
+        k = k.reshape(b, 1, self.num_heads, self.head_k_dim)
+        v = v.reshape(b, 1, self.num_v_heads, self.head_v_dim)
+        o = self.kernels.gdn_step(q, k, v, a[:, None], beta_raw[:, None], self.A_log, self.dt_bias,
+                                  self.allow_neg_eigval, cache.state)
+        return self._output(o, parts[1][:, None] if self.use_gate else None)
+
+    def _projection_sizes(self) -> list[int]:
+        """Output widths of the stacked input projection: q|k|v, g (with use_gate), a, b."""
+        return [2 * self.key_dim + self.value_dim, *([self.value_dim] if self.use_gate else []),
+                self.num_v_heads, self.num_v_heads]
+
+    @torch.no_grad()
+    def stack_decode_weights(self, cache: GDNCache) -> None:
+        """The decode step's stacked weights, in the order of `_in_projections`, written in place when they
+        exist (a captured graph reads them where they are), so every new generation sees current weights."""
+        gate = [self.g_proj.weight] if self.use_gate else []
+        cache.hold("in_weight", torch.cat([self.q_proj.weight, self.k_proj.weight, self.v_proj.weight, *gate,
+                                           self.a_proj.weight, self.b_proj.weight]))
+        if self.use_short_conv:
+            cache.hold("conv_weight", torch.cat([self.q_conv1d.weight, self.k_conv1d.weight, self.v_conv1d.weight]))
 
     def _output(self, o: torch.Tensor, gate: torch.Tensor | None) -> torch.Tensor:
         """Per-head output norm (gated by silu(g_proj x) when use_gate), then o_proj."""

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 
 from hybridlm.errors import BackendError
 from hybridlm.ops.cross_entropy import linear_cross_entropy as torch_linear_cross_entropy
+from hybridlm.ops.decode_step import fla_gdn_step, fla_short_conv_step, torch_gdn_step, torch_short_conv_step
 from hybridlm.ops.gated_delta_rule import gated_delta_rule, gated_delta_rule_with_gates
 
 CHOICES = ("auto", "fla", "torch")
@@ -87,6 +88,9 @@ class Kernels:
     gdn_train: Callable = torch_gdn_train          # (q, k, v, a_raw, b_raw, A_log, dt_bias, neg) -> o
     gdn: Callable = torch_gdn                      # (q, k, v, g, beta, state, output_state) -> (o, state)
     short_conv: Callable = torch_short_conv        # (x, weight) -> silu(conv(x)), no cache
+    # decoding, one token, the state updated in place (ops/decode_step.py):
+    gdn_step: Callable = torch_gdn_step            # (q, k, v, a_raw, b_raw, A_log, dt_bias, neg, state) -> o
+    short_conv_step: Callable = torch_short_conv_step  # (x [B, D], weight, conv_state [B, D, K]) -> y
     rms_norm: Callable = torch_rms_norm
     add_rms_norm: Callable = torch_add_rms_norm
     gated_rms_norm: Callable = torch_gated_rms_norm
@@ -105,7 +109,8 @@ class Kernels:
         return self.names["gdn"]
 
 
-KERNEL_NAMES = ("gdn", "short_conv", "rms_norm", "gated_rms_norm", "swiglu", "linear_cross_entropy")
+KERNEL_NAMES = ("gdn", "short_conv", "rms_norm", "gated_rms_norm", "swiglu", "linear_cross_entropy", "gdn_step",
+                "short_conv_step")
 TORCH_KERNELS = Kernels()
 
 
@@ -149,7 +154,9 @@ def _fla_kernels(for_compile: bool, reason: str) -> Kernels:
     from hybridlm.model import fused
 
     available = fused.load()
-    chosen: dict[str, Callable] = {"gdn_train": fused.gdn_train, "gdn": fused.gdn}
+    chosen: dict[str, Callable] = {"gdn_train": fused.gdn_train_op if for_compile else fused.gdn_train,
+                                   "gdn": fused.gdn,
+                                   "gdn_step": fla_gdn_step, "short_conv_step": fla_short_conv_step}
     if "linear_cross_entropy" in available:
         chosen["linear_cross_entropy"] = fused.linear_cross_entropy
     if not for_compile:
@@ -164,5 +171,6 @@ def _unavailable(message: str) -> Kernels:
         raise BackendError(message)
 
     return Kernels(**{name: refuse for name in ("gdn_train", "gdn", "short_conv", "rms_norm", "add_rms_norm",
-                                                "gated_rms_norm", "swiglu", "linear_cross_entropy")},
+                                                "gated_rms_norm", "swiglu", "linear_cross_entropy", "gdn_step",
+                                                "short_conv_step")},
                    names=dict.fromkeys(KERNEL_NAMES, "unavailable"), reason=message)

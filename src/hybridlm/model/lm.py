@@ -13,7 +13,7 @@ from torch import nn
 
 from hybridlm.config.model_config import ModelConfig
 from hybridlm.model.block import Block
-from hybridlm.model.cache import ModelCache
+from hybridlm.model.cache import AttentionLayerSpec, GDNLayerSpec, ModelCache
 from hybridlm.model.gated_deltanet import GatedDeltaNet
 from hybridlm.model.kernels import Kernels, resolve_kernels
 from hybridlm.model.norm import RMSNorm
@@ -56,24 +56,28 @@ class HybridLM(nn.Module):
         self.use_kernels(resolve_kernels(config.kernels, self.lm_head.weight.device, strict=False))
 
     # ---------------------------------------------------------------- kernels
-    def use_kernels(self, kernels: Kernels) -> None:
-        """Give every module the kernel record (done on build and on every move to another device)."""
+    def use_kernels(self, kernels: Kernels, compiled: Kernels | None = None) -> None:
+        """Give every module the kernel record (done on build and on every move to another device); the
+        blocks the trainer compiled (`compiled_layers`) get `compiled`, the record for compiled code."""
         self.kernels = kernels
         self._kernels_device = self.lm_head.weight.device
+        compiled_modules = {id(m) for i in self.compiled_layers for m in self.model.layers[i].modules()}
         for module in self.modules():
             if isinstance(getattr(type(module), "kernels", None), Kernels):  # the modules that run kernels
-                module.kernels = kernels
+                module.kernels = compiled if compiled is not None and id(module) in compiled_modules else kernels
 
     def _apply(self, fn, recurse: bool = True):
         """`.to()`, `.cuda()`, `.cpu()` end here: re-choose the kernels when the device changes."""
         out = super()._apply(fn, recurse)
-        if self.lm_head.weight.device != getattr(self, "_kernels_device", None):
-            self.use_kernels(resolve_kernels(self.config.kernels, self.lm_head.weight.device,
-                                             for_compile=self.kernels_for_compile, strict=False))
+        device = self.lm_head.weight.device
+        if device != getattr(self, "_kernels_device", None):
+            compiled = (resolve_kernels(self.config.kernels, device, for_compile=True, strict=False)
+                        if self.compiled_layers else None)
+            self.use_kernels(resolve_kernels(self.config.kernels, device, strict=False), compiled)
         return out
 
     kernels: Kernels
-    kernels_for_compile = False  # set by the trainer's compile step (see train/setup.py)
+    compiled_layers: tuple[int, ...] = ()  # the blocks the trainer compiled (see train/setup.py)
 
     def _init_weights(self, module: nn.Module) -> None:
         """FLA's initialisation: normal(0, initializer_range) for linear, conv and embedding weights."""
@@ -96,7 +100,7 @@ class HybridLM(nn.Module):
         from the hidden states and no full logits tensor is ever made."""
         hidden = self.model(input_ids, cache=cache)
         if cache is not None:
-            cache.seen_tokens += input_ids.shape[1]
+            cache.advance(input_ids.shape[1])
         loss = logits = None
         if labels is not None:
             loss = self.kernels.linear_cross_entropy(hidden, self.lm_head.weight, labels)
@@ -104,21 +108,36 @@ class HybridLM(nn.Module):
             logits = self.lm_head(hidden)
         return LMOutput(loss=loss, logits=logits, cache=cache)
 
-    def new_cache(self) -> ModelCache:
-        return ModelCache.empty(self.config.layer_types)
+    def new_cache(self, batch_size: int | None = None, max_length: int | None = None,
+                  dtype: torch.dtype | None = None) -> ModelCache:
+        """Empty decoding state for every layer (`model/cache.py`). With `batch_size` its buffers are
+        allocated now, for `max_length` positions (in `dtype`, default the weights'); without, on first use,
+        the attention buffer growing as needed."""
+        c = self.config
+        specs = [GDNLayerSpec(c.gdn_value_heads, c.head_dim, c.head_v_dim, 2 * c.num_heads * c.head_dim
+                              + c.gdn_value_heads * c.head_v_dim, c.conv_size if c.use_short_conv else 0)
+                 if kind == "gdn" else AttentionLayerSpec(c.attention.kv_heads, c.attention_head_dim)
+                 for kind in c.layer_types]
+        rotary = next((layer.attn.rotary for layer in self.model.layers if layer.layer_type == "attention"), None)
+        device = self.lm_head.weight.device
+        return ModelCache(specs, c.attention.window_size, None if rotary is None else rotary.inv_freq,
+                          batch_size=batch_size, max_length=max_length, device=device,
+                          dtype=dtype or self.lm_head.weight.dtype)
 
     @torch.no_grad()
     def generate(self, input_ids: torch.Tensor, max_new_tokens: int = 100, temperature: float = 1.0,
                  top_k: int | None = None, top_p: float | None = None, eos_token_id: int | None = None,
-                 seed: int | None = None) -> torch.Tensor:
-        """Sample continuations; returns [B, T + new] (rows that hit eos are padded with eos)."""
-        from hybridlm.model.generation import generate_tokens
+                 seed: int | None = None, repetition_penalty: float = 1.0) -> torch.Tensor:
+        """Sample continuations of the rows of input_ids [B, T]; returns [B, T + new] (rows that hit eos
+        are padded with eos). Prompts of different lengths: `hybridlm.model.generation.generate_batch`."""
+        from hybridlm.model.generation import decoder_for
+        from hybridlm.model.sampling import Sampling
 
-        new = list(generate_tokens(self, input_ids, max_new_tokens, temperature=temperature, top_k=top_k,
-                                   top_p=top_p, eos_token_id=eos_token_id, seed=seed))
-        if not new:
+        sampling = Sampling(temperature, top_k, top_p, repetition_penalty)
+        if max_new_tokens < 1:
             return input_ids
-        return torch.cat([input_ids, torch.stack(new, dim=1)], dim=1)
+        new = decoder_for(self).generate(input_ids, max_new_tokens, sampling, eos_token_id, seed)
+        return torch.cat([input_ids, new], dim=1)
 
     # ------------------------------------------------------------ accounting
     def num_parameters(self, non_embedding: bool = False) -> int:

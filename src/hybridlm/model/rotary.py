@@ -25,16 +25,22 @@ class RotaryEmbedding(nn.Module):
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, offset: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
         """q, k: [B, T, H, D]; returns both rotated, in their own dtypes."""
-        t = q.shape[1]
-        dtype = torch.float64 if q.dtype == torch.float64 else torch.float32
-        positions = torch.arange(offset, offset + t, device=q.device, dtype=dtype)
-        angles = torch.outer(positions, self.inv_freq.to(device=q.device, dtype=dtype))  # [T, D/2]
-        cos = torch.cat([angles.cos(), angles.cos()], dim=-1)[None, :, None, :]
-        sin = torch.cat([angles.sin(), angles.sin()], dim=-1)[None, :, None, :]
-        return _rotate(q, cos, sin), _rotate(k, cos, sin)
+        positions = torch.arange(offset, offset + q.shape[1], device=q.device)
+        cos, sin = (c[None, :, None, :] for c in rotary_cos_sin(self.inv_freq, positions, q.dtype))
+        return apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
 
 
-def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+def rotary_cos_sin(inv_freq: torch.Tensor, positions: torch.Tensor,
+                   dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin [..., D] of the angles at integer `positions` [...] (a tensor, so decoding can keep the
+    position on the device), in float32 (float64 for float64 inputs): the same values as `forward`."""
+    dtype = torch.float64 if dtype == torch.float64 else torch.float32
+    angles = positions.to(dtype)[..., None] * inv_freq.to(device=positions.device, dtype=dtype)  # [..., D/2]
+    return torch.cat([angles.cos(), angles.cos()], dim=-1), torch.cat([angles.sin(), angles.sin()], dim=-1)
+
+
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """x [B, T, H, D] rotated by cos / sin broadcast to it (from `rotary_cos_sin`), in x's dtype."""
     xf = x.to(cos.dtype)
     half = xf.shape[-1] // 2
     rotated_half = torch.cat([-xf[..., half:], xf[..., :half]], dim=-1)

@@ -1,8 +1,9 @@
 """Causal depthwise short convolution followed by SiLU (FLA's `ShortConvolution`).
 
 The weight is an `nn.Conv1d` depthwise kernel `[D, 1, K]`, so checkpoints match FLA's. A whole
-sequence from zeros (training) runs the kernel record's `short_conv`; for decoding, the last K-1
-inputs are the convolution's state (`conv_with_tail`), and a new token needs only them.
+sequence from zeros (training, a prefill) runs the kernel record's `short_conv`; a chunk after earlier
+tokens continues from the last K-1 inputs (`conv_with_tail`); one decoded token runs the record's
+`short_conv_step`, which shifts the conv state in place (ops/decode_step.py).
 """
 
 from __future__ import annotations

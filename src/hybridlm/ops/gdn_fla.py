@@ -116,21 +116,18 @@ def fla_chunk_with_raw_gates(
 
     `a` and `b` are the raw a_proj / b_proj outputs: the kernel computes g = -exp(A_log) *
     softplus(a + dt_bias) and beta = sigmoid(b) (x2 with allow_neg_eigval) itself, and L2-normalises
-    q and k. It runs through the `hybridlm::gdn_chunk` custom op (ops/gdn_custom_op.py), FLA's forward
-    and backward passes behind one node that torch.compile traces, eager or compiled alike.
+    q and k. The call is FLA's own `chunk_gated_delta_rule` (`fla_function_with_raw_gates`); compiled
+    blocks run the same kernels through the `hybridlm::gdn_chunk` custom op (ops/gdn_custom_op.py).
     """
     usable, reason = fla_usable(q.device)
     if not usable:
         raise BackendError(f"backend='fla' unavailable: {reason}")
-    from hybridlm.ops import gdn_custom_op  # noqa: F401 - registers the op
-
-    return torch.ops.hybridlm.gdn_chunk(q, k, v, a, b, A_log, dt_bias, allow_neg_eigval)
+    return fla_function_with_raw_gates(q, k, v, a, b, A_log, dt_bias, allow_neg_eigval)
 
 
 def fla_function_with_raw_gates(q, k, v, a, b, A_log, dt_bias, allow_neg_eigval: bool) -> torch.Tensor:
-    """The same call through FLA's own `chunk_gated_delta_rule` (its autograd.Function, which saves
-    its intermediates instead of recomputing them): `hybridlm verify` and the benchmark compare the
-    custom op against it."""
+    """The training call through FLA's own `chunk_gated_delta_rule` (its autograd.Function, which
+    saves its intermediates for the backward), as FLA's GatedDeltaNet layer makes it; no checks."""
     from fla.ops.gated_delta_rule import chunk_gated_delta_rule
 
     o, _ = chunk_gated_delta_rule(

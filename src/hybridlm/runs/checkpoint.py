@@ -18,7 +18,7 @@ import json
 import re
 import shutil
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Mapping
 
 import torch
 from torch import nn
@@ -37,24 +37,29 @@ RNG_FILE = "rng.safetensors"
 
 
 # ----------------------------------------------------------------------------------------------- saving
-def save_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer | None,
+def save_checkpoint(path: Path, model: nn.Module | Mapping[str, torch.Tensor],
+                    optimizer: torch.optim.Optimizer | Mapping[str, Any] | None,
                     trainer_state: dict, *, checksums: bool = True) -> Path:
     """Write a checkpoint directory atomically (temporary sibling, then rename).
 
+    `model` and `optimizer` are the objects, or their full state dicts (`optimizer.state_dict()`'s layout),
+    e.g. gathered from the ranks of a sharded model.
     Raises NonFiniteError (writing nothing) when a model parameter or buffer is NaN / inf, and
     CheckpointError when the disk is full or another I/O error occurs: the temporary directory is removed
     and earlier checkpoints, including the previous version of `path`, are left as they were.
     `checksums=False` skips the manifest (for benchmarks; loaders then accept the checkpoint unverified).
     """
     path = Path(path)
-    bad = first_non_finite(model.state_dict().items())
+    model_state = model.state_dict() if isinstance(model, nn.Module) else dict(model)
+    optimizer_state = optimizer.state_dict() if isinstance(optimizer, torch.optim.Optimizer) else optimizer
+    bad = first_non_finite(model_state.items())
     if bad is not None:
         raise NonFiniteError(f"refusing to save {path}: model weights are non-finite (e.g. {bad}); "
                              "earlier checkpoints are kept")
     tmp = path.parent / f".tmp-{path.name}"
     old = path.parent / f".old-{path.name}"
-    state_bytes = sum(t.numel() * t.element_size() for t in model.state_dict().values())
-    pool = integrity.hash_pool(checksums, state_bytes * (3 if optimizer is not None else 1))
+    state_bytes = sum(t.numel() * t.element_size() for t in model_state.values())
+    pool = integrity.hash_pool(checksums, state_bytes * (3 if optimizer_state is not None else 1))
     written: dict[str, tuple[int, str | None]] = {}
     try:
         try:
@@ -69,9 +74,9 @@ def save_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimiz
                 written[name] = integrity._write_bytes(tmp / name, [dumps_strict(data, indent=indent).encode()],
                                                        checksums, pool)
 
-            put_tensors(MODEL_FILE, _model_tensors(model))
-            if optimizer is not None:
-                tensors, meta = _optimizer_to_flat(optimizer)
+            put_tensors(MODEL_FILE, _model_tensors(model_state))
+            if optimizer_state is not None:
+                tensors, meta = _optimizer_to_flat(optimizer_state)
                 put_tensors(OPTIMIZER_TENSORS, tensors)
                 put_json(OPTIMIZER_META, meta)
             put_tensors(RNG_FILE, _rng_tensors())
@@ -126,10 +131,9 @@ def _io_failure(exc: BaseException) -> str | None:
     return None
 
 
-def _model_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
+def _model_tensors(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """The state dict with tied tensors stored once (under the alphabetically first name, as safetensors'
     save_model does); `load_model_weights` fills in the other names."""
-    state = model.state_dict()
     seen: set[tuple] = set()
     tensors = {}
     for name in sorted(state):
@@ -143,8 +147,7 @@ def _model_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
     return tensors
 
 
-def _optimizer_to_flat(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
-    state = optimizer.state_dict()
+def _optimizer_to_flat(state: Mapping[str, Any]) -> tuple[dict[str, torch.Tensor], dict]:
     tensors, scalars = {}, {}
     for index, entry in state["state"].items():
         for key, value in entry.items():
@@ -230,10 +233,55 @@ def load_model_weights(path: Path, model: nn.Module) -> None:
         raise CheckpointError(f"{file} does not fit the model: missing {missing[:3]}, unexpected {unexpected[:3]}")
 
 
+def read_model_state(path: Path, model: nn.Module) -> dict[str, torch.Tensor]:
+    """The checkpoint's weights as a full state dict for `model` (on the CPU), every name present (tied
+    names filled in), checked against the model's names and (unsharded) shapes before anything is loaded."""
+    file = Path(path) / MODEL_FILE
+    verify_checkpoint(path, [MODEL_FILE])
+    if not file.is_file():
+        raise CheckpointError(f"{path} has no {MODEL_FILE}; the checkpoint is incomplete")
+    tensors = _load_tensors(file)
+    for names in tied_names(model):
+        stored = next((name for name in sorted(names) if name in tensors), None)
+        for name in names:
+            if stored is not None and name not in tensors:
+                tensors[name] = tensors[stored]
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in tensors]
+    unexpected = [k for k in tensors if k not in expected]
+    if missing or unexpected:
+        raise CheckpointError(f"{file} does not fit the model: missing {missing[:3]}, unexpected {unexpected[:3]}")
+    for name, tensor in tensors.items():
+        if tensor.shape != expected[name].shape:
+            raise CheckpointFileError(file, f"does not fit the model ({name} has shape {list(tensor.shape)}, the "
+                                            f"model {list(expected[name].shape)})")
+    return tensors
+
+
+def tied_names(model: nn.Module) -> list[list[str]]:
+    """The groups of parameter names that share one tensor (tied embeddings)."""
+    groups: dict[int, list[str]] = {}
+    for name, param in model.named_parameters(remove_duplicate=False):
+        groups.setdefault(id(param), []).append(name)
+    return [names for names in groups.values() if len(names) > 1]
+
+
 _PARAM_SHAPED_STATE = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq", "momentum_buffer")
 
 
 def load_optimizer_state(path: Path, optimizer: torch.optim.Optimizer) -> None:
+    state = read_optimizer_state(path, optimizer)
+    meta_file = Path(path) / OPTIMIZER_META
+    try:
+        optimizer.load_state_dict(state)
+    except (ValueError, KeyError, TypeError, IndexError, RuntimeError) as exc:
+        raise CheckpointFileError(meta_file, f"does not fit this optimizer ({_first_line(exc)}); "
+                                             "the checkpoint is corrupt or belongs to another model") from None
+
+
+def read_optimizer_state(path: Path, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+    """The checkpoint's optimizer state in `optimizer.state_dict()`'s layout, checked against `optimizer`'s
+    param groups and (unsharded) parameter shapes."""
     path = Path(path)
     tensors_file, meta_file = path / OPTIMIZER_TENSORS, path / OPTIMIZER_META
     verify_checkpoint(path, [OPTIMIZER_TENSORS, OPTIMIZER_META])
@@ -253,11 +301,13 @@ def load_optimizer_state(path: Path, optimizer: torch.optim.Optimizer) -> None:
                     and value.shape != params[index].shape:
                 shapes = f"{list(value.shape)}, the parameter {list(params[index].shape)}"
                 raise CheckpointFileError(tensors_file, f"does not fit the model ({index}.{key} has shape {shapes})")
-    try:
-        optimizer.load_state_dict(state)
-    except (ValueError, KeyError, TypeError, IndexError, RuntimeError) as exc:
-        raise CheckpointFileError(meta_file, f"does not fit this optimizer ({_first_line(exc)}); "
-                                             "the checkpoint is corrupt or belongs to another model") from None
+    saved = [len(group.get("params", [])) for group in state["param_groups"]]
+    wanted = [len(group["params"]) for group in optimizer.param_groups]
+    if saved != wanted or any(not isinstance(i, int) or not 0 <= i < len(params) for i in state["state"]):
+        raise CheckpointFileError(meta_file, f"does not fit this optimizer (param groups of {saved} parameters, the "
+                                             f"optimizer's {wanted}); the checkpoint is corrupt or belongs to "
+                                             "another model")
+    return state
 
 
 def _optimizer_from_flat(tensors: dict[str, torch.Tensor], meta: Any, tensors_file: Path | None = None,

@@ -1,6 +1,6 @@
 """`hybridlm sweep lr|arch|grid` and `hybridlm compare`: argument parsing only.
 
-The main CLI calls `add_commands(subparsers)`; the work lives in plan / runner / summary / compare.
+The main CLI calls `add_commands(subparsers)`; the work lives in plan / budget / runner / summary / compare.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ EXAMPLES = """examples:
   hybridlm sweep lr --presets h100_deltanet,h100_transformer,h100_hybrid_sparse --lrs 5e-4,1e-3,2e-3 \\
       --steps 200 --out runs/lr
   hybridlm sweep arch --layouts exp7 --steps 300 --lr-from runs/lr --out runs/arch --devices auto
+  hybridlm sweep lr --presets h100_deltanet --lrs 1e-3,2e-3 --devices 0,1,2,3 --gpus-per-member 2 --out runs/lr2
   hybridlm sweep arch --preset tiny --layouts GG,GA,AA --steps 20 --out runs/tiny_arch --dry-run
   hybridlm sweep grid --preset h100_base --set-grid 'train.lr=[1e-3,2e-3]' \\
       --set-grid 'model.attention_layers=[[5,11],[11]]' --out runs/grid
@@ -72,11 +73,18 @@ def _add_common(p: argparse.ArgumentParser, base_help: str) -> None:
     p.add_argument("--batch-size", type=int, help="train.batch_size of every member (default: the preset's)")
     p.add_argument("--devices", default="auto",
                    help="auto (all visible GPUs, else cpu), cpu, cpu,cpu, or cuda:0,cuda:1: one member per slot")
+    p.add_argument("--gpus-per-member", dest="nproc", type=int, default=1, metavar="K",
+                   help="train each member on K devices of --devices under torchrun (DDP; the global batch is "
+                        "K x --batch-size); on cpu, K gloo processes")
     p.add_argument("--eval", dest="eval_tasks", help="after each member trains: `hybridlm eval --tasks` these, "
                                                       "e.g. arc_challenge,hellaswag")
     p.add_argument("--eval-limit", type=int, help="score only the first N documents of each eval task")
     p.add_argument("--eval-data-dir", help="passed to `hybridlm eval --data-dir` (e.g. builtin-subsets)")
-    p.add_argument("--dry-run", action="store_true", help="print the plan and time estimate; train nothing")
+    p.add_argument("--member-checkpoints", choices=("all", "best", "none"), default="all",
+                   help="what each member keeps once it finished (and was evaluated): all checkpoints (default), "
+                        "the best weights only (no optimizer state: gigabytes less per GPU member), or none")
+    p.add_argument("--dry-run", action="store_true",
+                   help="print the plan, its data (unique tokens, epochs) and time estimate; train nothing")
     group = p.add_mutually_exclusive_group()
     group.add_argument("--progress", dest="progress", action="store_true", default=None,
                        help="always draw progress bars")
@@ -90,7 +98,7 @@ def _options(args, default_preset: str | None):
     config_file = str(Path(args.config).resolve()) if args.config else None
     preset = args.preset or (None if config_file else default_preset)
     return BaseOptions(out=Path(args.out).resolve(), preset=preset, config_file=config_file,
-                       overrides=list(args.overrides), steps=args.steps, batch_size=args.batch_size)
+                       overrides=list(args.overrides), steps=args.steps, batch_size=args.batch_size, nproc=args.nproc)
 
 
 def _build_lr(args):
@@ -113,24 +121,36 @@ def _build_grid(args):
 
 # -------------------------------------------------------------------- commands
 def cmd_sweep(args) -> int:
+    import sys
+
     from hybridlm.sweep.devices import parse_devices
     from hybridlm.sweep.runner import RunOptions, run_sweep
-    from hybridlm.sweep.state import merge_with_previous
-
-    plan = args.build(args)
-    command = _command_line(args)
-    if args.dry_run:
-        from hybridlm.sweep.overview import describe_plan
-
-        slots = parse_devices(args.devices)
-        merge_with_previous(plan)
-        print(describe_plan(plan, slots))
-        return 0
-    options = RunOptions(devices=args.devices, progress=args.progress, eval_tasks=args.eval_tasks,
-                         eval_limit=args.eval_limit, eval_data_dir=args.eval_data_dir)
-    summary = run_sweep(plan, options, command=command)
     from hybridlm.sweep.summary import SUMMARY_MD, console_report
 
+    slots = parse_devices(args.devices, per_member=args.nproc)
+    if args.dry_run:
+        from hybridlm.sweep.budget import account_data
+        from hybridlm.sweep.configs import merge_with_previous
+        from hybridlm.sweep.overview import describe_plan
+
+        plan = args.build(args)
+        merge_with_previous(plan)
+        account_data(plan, progress=args.progress is not False)
+        print(describe_plan(plan, slots))
+        return 0
+    from hybridlm.sweep.processes import start_processes
+
+    processes = start_processes(slots, sys.executable)  # their imports overlap the planning below
+    try:
+        plan = args.build(args)
+    except BaseException:
+        for process in processes.values():
+            process.close()
+        raise
+    options = RunOptions(devices=args.devices, progress=args.progress, eval_tasks=args.eval_tasks,
+                         eval_limit=args.eval_limit, eval_data_dir=args.eval_data_dir,
+                         member_checkpoints=args.member_checkpoints)
+    summary = run_sweep(plan, options, command=_command_line(args), processes=processes)
     print(console_report(summary))
     print(f"\nwrote {plan.out / SUMMARY_MD}, {plan.out / 'summary.json'} and {len(summary['plots'])} plots")
     counts = summary["counts"]
@@ -141,14 +161,15 @@ def _command_line(args) -> list[str]:
     """The sweep's arguments as a command line (for sweep.json and summary.md), rebuilt from `args`."""
     flags = [("--presets", "presets"), ("--lrs", "lrs"), ("--layouts", "layouts"), ("--lr-from", "lr_from"),
              ("--lr", "lr"), ("--preset", "preset"), ("--config", "config"), ("--steps", "steps"),
-             ("--batch-size", "batch_size"), ("--devices", "devices"), ("--eval", "eval_tasks"),
+             ("--batch-size", "batch_size"), ("--devices", "devices"), ("--gpus-per-member", "nproc"),
+             ("--eval", "eval_tasks"), ("--member-checkpoints", "member_checkpoints"),
              ("--eval-limit", "eval_limit"), ("--eval-data-dir", "eval_data_dir"), ("--out", "out")]
     line = ["sweep", args.sweep_kind]
     for value in getattr(args, "grid", []):
         line += ["--set-grid", value]
     for flag, attr in flags:
         value = getattr(args, attr, None)
-        if value is not None:
+        if value is not None and (attr, value) not in (("nproc", 1), ("member_checkpoints", "all")):
             line += [flag, str(value)]
     for value in args.overrides:
         line += ["--set", value]

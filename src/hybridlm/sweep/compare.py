@@ -23,12 +23,14 @@ from hybridlm.config import Config
 from hybridlm.errors import HybridLMError
 from hybridlm.runs import RunDir, load_run_config
 from hybridlm.sweep.conditions import ConditionReport, describe_conditions, format_condition_value
-from hybridlm.sweep.summary import (eval_columns, metric_value, rank_records, ranking_table, run_record,
-                                    sweep_records)
+from hybridlm.sweep.plots import write_plots
+from hybridlm.sweep.records import metric_value, rank_records, run_record, sweep_records
+from hybridlm.sweep.state import is_sweep_dir, load_plan
+from hybridlm.sweep.summary import eval_columns, ranking_table
 
 CSV_COLUMNS = ["rank", "name", "group", "layout", "attention_pct", "lr", "params", "best_val_loss", "best_step",
                "final_val_loss", "final_val_accuracy", "final_val_perplexity", "steps", "train_time_s", "tokens",
-               "tokens_per_s", "status", "error", "dir", "unequal_conditions"]
+               "tokens_per_s", "unique_tokens", "epochs", "status", "error", "dir", "unequal_conditions"]
 WARNING_UNEQUAL = ("WARNING: these runs were not trained under equal conditions, "
                    "so the ranking compares unlike runs:")
 WARNING_UNCHECKED = "WARNING: could not check that these runs were trained under equal conditions:"
@@ -92,8 +94,6 @@ def collect(paths: list[str | Path]) -> list[dict[str, Any]]:
 
 def _collect(paths: list[str | Path]) -> tuple[list[_Found], list[set[str]]]:
     """Each run once, with its config loader; and per argument, the keys its sweep varies."""
-    from hybridlm.sweep.state import is_sweep_dir, load_plan
-
     found: list[_Found] = []
     swept: list[set[str]] = []
     seen: set[Path] = set()
@@ -210,8 +210,6 @@ def compare(paths: list[str | Path], sort: str = "best_val_loss", metric: str | 
     if csv_file is not None:
         write_csv(records, Path(csv_file))
     if out is not None:
-        from hybridlm.sweep.plots import write_plots
-
         out = Path(out)
         files = write_plots(records, out, kind="compare", metric=metric)
         warning = f"{conditions.markdown()}\n\n" if not conditions.equal else ""

@@ -1,62 +1,97 @@
-"""One sweep member as a job of the slot queue: its training process, then optionally its evaluation.
+"""One sweep member as a job of the slot queue: its training command, then optionally its evaluation.
 
-Each phase is its own process (`python -m hybridlm.sweep.member ... train|eval ...`), so a crash,
-an out-of-memory kill or a Ctrl-C stays with this member: the outcome is written onto the member
-(status done / failed / interrupted, the error message, the return code) for sweep.json.
+Both run in the slot's process (`processes`): a warm worker, or torchrun for a K-process member. The
+outcome is written onto the member for sweep.json: status done / failed / interrupted, the error
+message, the exit code, and the attempt's timing (wall time, the trainer's own training time, and
+the overhead between them: start, imports, data, model build, final evaluation and checkpoint).
 """
 
 from __future__ import annotations
 
-import os
 import shutil
 import signal
-import subprocess
+import sys
 import time
-from pathlib import Path
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
+from typing import Any
 
-from hybridlm.config import RESUME_SAFE_KEYS, Config, changed_keys
 from hybridlm.errors import HybridLMError, RunLockedError
-from hybridlm.runs import RunDir, load_run_config
-from hybridlm.runs.writer import LOCK_FILE, RUN_ARTIFACTS, RunLock
+from hybridlm.runs.writer import RunLock
+from hybridlm.sweep.configs import is_member_leftover, load_planned_config, planned_config_problem
 from hybridlm.sweep.devices import Slot
-from hybridlm.sweep.estimate import clock
-from hybridlm.sweep.plan import Member
-from hybridlm.sweep.state import disk_state, load_planned_config, now, planned_config_problem
-
-if TYPE_CHECKING:  # pragma: no cover
-    from hybridlm.sweep.runner import SweepContext
+from hybridlm.sweep.estimate import TimeEstimator, clock, flops_per_token
+from hybridlm.sweep.processes import Reply
+from hybridlm.sweep.progress import SweepProgress
+from hybridlm.sweep.records import DiskState, disk_state, member_results
+from hybridlm.sweep.state import Member, SweepPlan, now, write_sweep
 
 INTERRUPTED_CODES = (130, 143, -signal.SIGINT, -signal.SIGTERM)
 INTERRUPT_GRACE_S = 5.0
-# what a failed attempt may leave in a member directory (anything else is not ours to delete)
-LEFTOVERS = {"train.log", "train_error.txt", "eval.log", "eval_error.txt", LOCK_FILE, *RUN_ARTIFACTS}
-# where a member's own config.toml may differ from its planned file: filled in by training (the
-# tokenizer's vocab size, the FLA clone in use), or settings that never change the experiment
-FILLED_IN_OR_SAFE = {"model.vocab_size", *RESUME_SAFE_KEYS}
-PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])
+
+
+@dataclass
+class RunOptions:
+    devices: str | None = "auto"
+    progress: bool | None = None
+    eval_tasks: str | None = None
+    eval_limit: int | None = None
+    eval_data_dir: str | None = None
+    member_checkpoints: str = "all"            # what a finished member keeps: all | best | none
+    python: str = sys.executable
+    poll_interval: float = 0.2
+
+
+class SweepContext:
+    """What the member jobs share: the plan, the options, the slots' processes, the view, the time estimator."""
+
+    def __init__(self, plan: SweepPlan, options: RunOptions, slots: list[Slot], command: list[str] | None):
+        self.plan = plan
+        self.options = options
+        self.slots = slots
+        self.command = command
+        self.parallel = len(slots) > 1
+        self.view = SweepProgress(enabled=options.progress, live=self.parallel)
+        self.estimator = TimeEstimator(slots[0].device)
+        self.processes: dict[int, Any] = {}        # slot index -> WarmWorker | TorchrunProcess
+        self.forward_interrupt = True
+        self._flops: dict[str, float] = {}
+
+    def flops_of(self, member: Member) -> float:
+        if member.name not in self._flops:
+            self._flops[member.name] = flops_per_token(member.build_config())
+        return self._flops[member.name]
+
+    def save(self) -> None:
+        write_sweep(self.plan, self.command)
+
+    def needs_eval(self, member: Member) -> bool:
+        tasks = self.options.eval_tasks
+        return bool(tasks) and not (member.eval_status == "done" and member.eval_tasks == tasks)
 
 
 class MemberJob:
-    """One member's processes: training (fresh or resumed), then optionally evaluation."""
+    """One member's commands: training (fresh or resumed), then optionally evaluation."""
 
     def __init__(self, ctx: SweepContext, member: Member):
         self.ctx = ctx
         self.member = member
         self.name = member.name
         self.dir = ctx.plan.member_dir(member)
-        self.proc: subprocess.Popen | None = None
+        self.process = None
+        self.running = False
         self.phase = "train"
         self.slot: Slot | None = None
         self.t0 = 0.0
         self.expected_s = 0.0
-        self._log = None
+        self.start_state = DiskState("fresh")
+        self.interrupted_at: float | None = None   # set by `interrupt`: no eval phase starts from then on
 
     # ------------------------------------------------------------------ phases
     def start(self, slot: Slot) -> None:
         self.slot, self.t0 = slot, time.perf_counter()
+        self.process = self.ctx.processes[slot.index]
         m = self.member
-        state = disk_state(self.dir, m.steps)
+        state = self.start_state = disk_state(self.dir, m.steps)
         m.device = slot.device
         if state.action == "done":
             self.phase = "eval"
@@ -72,7 +107,6 @@ class MemberJob:
             if problem is None and self.dir.exists():  # a failed attempt without a checkpoint: start clean
                 problem = self._clear_failed_attempt()
             if problem is not None:
-                self.proc = None
                 self._record_failure(problem)
                 return
             args = self.ctx.plan.train_args(m)  # train --config DIR/configs/NAME.toml --out DIR/NAME
@@ -84,99 +118,125 @@ class MemberJob:
         self._launch(args + self._progress_args(), verb=verb, detail=detail)
 
     def poll(self) -> bool:
-        if self.proc is None:
+        if not self.running:
             return True
-        if self.proc.poll() is None:
-            return False
-        return self._finished(self.proc.returncode)
+        reply = self.process.poll()
+        return False if reply is None else self._finished(reply)
 
     def interrupt(self) -> None:
-        self._interrupted_at = time.monotonic()  # and no eval phase starts from now on
+        self.interrupted_at = time.monotonic()
 
     def wait_stopped(self, timeout: float) -> None:
         """Give the member the Ctrl-C it shares with us; forward one if it did not get it; kill last.
 
         A member that got SIGINT saves a checkpoint and exits 130. A second SIGINT during that save
         would cost the checkpoint, so ours only goes out after a grace period, to a member still running."""
-        if self.proc is None:
+        if not self.running:
             return
-        started = getattr(self, "_interrupted_at", time.monotonic())
-        grace_left = INTERRUPT_GRACE_S - (time.monotonic() - started)
-        if self.ctx.forward_interrupt and not _exits_within(self.proc, grace_left):
-            self.proc.send_signal(signal.SIGINT)
-        if not _exits_within(self.proc, timeout):
-            self.proc.kill()
-            self.proc.wait()
-        self._finished(self.proc.returncode)
+        grace_left = INTERRUPT_GRACE_S - (time.monotonic() - (self.interrupted_at or time.monotonic()))
+        reply = self._reply_within(grace_left)
+        if reply is None and self.ctx.forward_interrupt:
+            self.process.interrupt()
+        reply = reply or self._reply_within(timeout)
+        if reply is None:
+            self.process.kill()
+            reply = self._reply_within(30.0) or Reply(-signal.SIGKILL)
+        self._finished(reply)
 
     def remaining_s(self) -> float:
         return max(self.expected_s - (time.perf_counter() - self.t0), 0.0)
 
     # ----------------------------------------------------------------- helpers
     def _launch(self, args: list[str], verb: str, detail: str = "") -> None:
-        error_file = self._error_file()
-        error_file.unlink(missing_ok=True)
         self.dir.mkdir(parents=True, exist_ok=True)
-        cmd = [self.ctx.options.python, "-m", "hybridlm.sweep.member", "--error-file", str(error_file), *args]
-        env = {**os.environ, **self.slot.env}
-        # the member must import this very hybridlm, also when it runs from a source checkout
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (PACKAGE_ROOT, env.get("PYTHONPATH", "")) if p)
-        out = None
-        where = ""
-        if self.ctx.parallel:  # members share the terminal badly: each writes its own log
-            log_path = self.dir / f"{self.phase}.log"
-            self._log = open(log_path, "a")
-            out = self._log
-            where = f", log {log_path}"
+        # members share the terminal badly, and torchrun's ranks always do: each writes its own log
+        log = self.dir / f"{self.phase}.log" if self.ctx.parallel or self.slot.nproc > 1 else None
+        where = f", log {log}" if log else ""
         self.ctx.view.message(f"{verb} {self.name}{detail} on {self.slot.device}{where}")
         try:
-            self.proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT if out else None)
+            self.process.submit(args, log)
         except OSError as exc:
-            self.proc = None
             if self.phase == "eval":
                 self.member.eval_status, self.member.eval_error = "failed", f"could not start: {exc}"
             else:
                 self._record_failure(f"could not start: {exc}")
             return
-        self.member.pid = self.proc.pid
+        self.running = True
+        self.member.pid = self.process.pid
 
-    def _finished(self, returncode: int) -> bool:
-        """Record a process's end; returns True when the job is over (False: the eval phase started)."""
-        if self._log is not None:
-            self._log.close()
-            self._log = None
-        self.proc = None
+    def _finished(self, reply: Reply) -> bool:
+        """Record a command's end; returns True when the job is over (False: the eval phase started)."""
+        self.running = False
         m = self.member
         m.pid = None
         if self.phase == "eval":
             m.eval_tasks = self.ctx.options.eval_tasks
-            m.eval_status = "done" if returncode == 0 else "failed"
-            m.eval_error = None if returncode == 0 else self._error_message(returncode)
+            m.eval_status = "done" if reply.code == 0 else "failed"
+            m.eval_error = None if reply.code == 0 else self._error_message(reply)
             if m.eval_error:
                 self.ctx.view.message(f"eval of {self.name} failed: {m.eval_error}")
+            self._prune_checkpoints()
             return True
         wall = time.perf_counter() - self.t0
-        m.returncode, m.finished, m.wall_s = returncode, now(), round((m.wall_s or 0.0) + wall, 3)
+        m.returncode, m.finished, m.wall_s = reply.code, now(), round((m.wall_s or 0.0) + wall, 3)
         state = disk_state(self.dir, m.steps)
-        if returncode == 0 and state.action == "done":
+        if state.action == "done" and (reply.code == 0 or reply.code in INTERRUPTED_CODES):
             m.status, m.error = "done", None
+            m.timing = self._timing(wall, state)
             trained = (m.tokens or 0) * (1 - (m.resumed_from_step or 0) / (m.steps or 1))
             self.ctx.estimator.add(self.ctx.flops_of(m), int(trained), wall)
-            self.ctx.view.message(f"done {self.name}: {_result_line(self.dir)} in {clock(wall)}")
-            if self.ctx.needs_eval(m) and not hasattr(self, "_interrupted_at"):
+            self.ctx.view.message(f"done {self.name}: {_result_line(self.dir)} in {clock(wall)} "
+                                  f"(overhead {m.timing['overhead_s']:.1f}s)")
+            if self.ctx.needs_eval(m) and self.interrupted_at is None:
                 self.phase = "eval"
                 self.ctx.save()
                 self._launch(self._eval_args(), verb="evaluate")
-                return self.proc is None
+                return not self.running
+            self._prune_checkpoints()
             return True
-        if returncode in INTERRUPTED_CODES:
+        if reply.code in INTERRUPTED_CODES:
             m.status = "interrupted"
             m.error = f"interrupted at step {state.step}" if state.action == "resume" else "interrupted"
             self.ctx.view.message(f"interrupted {self.name} ({m.error}); rerun the sweep to resume it")
             return True
-        self._record_failure(self._error_message(returncode) if returncode != 0
+        self._record_failure(self._error_message(reply) if reply.code != 0
                              else f"finished without the planned {m.steps} steps")
         return True
+
+    def _timing(self, wall: float, state: DiskState) -> dict[str, Any]:
+        """This attempt's wall time, the part spent waiting for a new worker's imports (once per worker, while
+        the sweep planned), the trainer's training time, and the rest: the member's own overhead."""
+        train = max(state.train_time_s - self.start_state.train_time_s, 0.0)
+        waited = min(self.process.waited(), wall)
+        kind = "torchrun" if self.slot.nproc > 1 else ("new worker" if self.process.cold else "warm worker")
+        return {"wall_s": round(wall, 3), "worker_start_s": round(waited, 3), "train_s": round(train, 3),
+                "overhead_s": round(wall - waited - train, 3),
+                "first_step_s": member_results(self.dir).get("first_step_s"), "process": kind,
+                "pid": self.process.pid}
+
+    def _prune_checkpoints(self) -> None:
+        """`--member-checkpoints best|none`: a finished member's optimizer states (gigabytes each for the GPU
+        presets) go; "best" keeps the best weights for `eval` / `generate` (the final ones if there is no best)."""
+        mode = self.ctx.options.member_checkpoints
+        root = self.dir / "checkpoints"
+        if mode == "all" or not root.is_dir():
+            return
+        keep = set() if mode == "none" else ({"best"} if (root / "best").is_dir() else {"final"})
+        for entry in root.iterdir():
+            if entry.name in keep:
+                continue
+            if entry.is_dir():
+                shutil.rmtree(entry)
+            else:
+                entry.unlink()
+
+    def _reply_within(self, seconds: float) -> Reply | None:
+        deadline = time.monotonic() + max(seconds, 0.01)
+        while True:
+            reply = self.process.poll()
+            if reply is not None or time.monotonic() >= deadline:
+                return reply
+            time.sleep(0.05)
 
     def _clear_failed_attempt(self) -> str | None:
         """Delete what an earlier attempt of this member left (no checkpoint to resume from).
@@ -187,7 +247,7 @@ class MemberJob:
             config = load_planned_config(self.ctx.plan, self.member)
         except HybridLMError as exc:
             return f"{self.ctx.plan.config_path(self.member)}: {exc}"
-        if not _is_member_leftover(self.dir, config):
+        if not is_member_leftover(self.dir, config):
             return f"{self.dir} exists and is not a run of this sweep; move it away"
         try:
             with RunLock(self.dir):
@@ -200,24 +260,20 @@ class MemberJob:
         self.member.status, self.member.error = "failed", message
         self.ctx.view.message(f"FAILED {self.name}: {message}")
 
-    def _error_file(self) -> Path:
-        return self.dir / f"{self.phase}_error.txt"
-
-    def _error_message(self, returncode: int) -> str:
-        path = self._error_file()
-        if path.is_file() and path.read_text().strip():
-            return path.read_text().strip()
-        if returncode < 0:
+    def _error_message(self, reply: Reply) -> str:
+        if reply.error:
+            return reply.error
+        if reply.code < 0:
             try:
-                name = signal.Signals(-returncode).name
+                name = signal.Signals(-reply.code).name
             except ValueError:
-                name = f"signal {-returncode}"
-            hint = " (out of memory?)" if returncode == -signal.SIGKILL else ""
+                name = f"signal {-reply.code}"
+            hint = " (out of memory?)" if reply.code == -signal.SIGKILL else ""
             return f"killed by {name}{hint}"
-        return f"exited with code {returncode}"
+        return f"exited with code {reply.code}"
 
     def _progress_args(self) -> list[str]:
-        progress = False if self.ctx.parallel else self.ctx.options.progress
+        progress = False if (self.ctx.parallel or self.slot.nproc > 1) else self.ctx.options.progress
         return [] if progress is None else (["--progress"] if progress else ["--no-progress"])
 
     def _eval_args(self) -> list[str]:
@@ -230,31 +286,6 @@ class MemberJob:
         return args + self._progress_args()
 
 
-def _is_member_leftover(path: Path, config: Config) -> bool:
-    """Only what this member's attempts leave may be deleted for a fresh start: the sweep's logs and the
-    files of a training run whose config.toml is this member's planned `config` (another one is not ours)."""
-    for entry in path.iterdir():
-        if entry.name not in LEFTOVERS and not (entry.name.startswith(".") and entry.name.endswith(".tmp")):
-            return False
-    run = RunDir(path)
-    if not run.config_file.exists():
-        return True
-    try:
-        saved = load_run_config(run)
-    except HybridLMError:
-        return False
-    return all(key in FILLED_IN_OR_SAFE for key in changed_keys(config, saved))
-
-
-def _exits_within(proc: subprocess.Popen, seconds: float) -> bool:
-    try:
-        proc.wait(timeout=max(seconds, 0.01))
-        return True
-    except subprocess.TimeoutExpired:
-        return False
-
-
-def _result_line(run_dir: Path) -> str:
-    results = (RunDir(run_dir).read_results() or {}).get("results", {})
-    best = results.get("best_val_loss")
+def _result_line(run_dir) -> str:
+    best = member_results(run_dir).get("best_val_loss")
     return f"best val loss {best:.4f}" if best is not None else "no validation loss"

@@ -17,7 +17,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hybridlm.errors import ConfigError
+from hybridlm.sweep.records import best_lr_per_group, sweep_records
 from hybridlm.sweep.specs import format_lr
+from hybridlm.sweep.state import load_plan, read_sweep
 
 TIE_TOLERANCE = 1e-9
 
@@ -68,9 +70,6 @@ class LrTable:
 
 def read_lr_table(sweep_dir: Path) -> LrTable:
     """The best lr of each group of a (finished or partly finished) `sweep lr` directory."""
-    from hybridlm.sweep.state import load_plan, read_sweep
-    from hybridlm.sweep.summary import best_lr_per_group, sweep_records
-
     data = read_sweep(sweep_dir)
     if data is None:
         raise ConfigError(f"--lr-from {sweep_dir}: not a sweep directory (no sweep.json); "

@@ -11,9 +11,9 @@ from typing import Any
 from hybridlm.reports import format_table, human_count
 from hybridlm.sweep.devices import Slot
 from hybridlm.sweep.estimate import TimeEstimator, clock, eta_seconds, flops_per_token
-from hybridlm.sweep.plan import SweepPlan
+from hybridlm.sweep.records import disk_state, member_results
 from hybridlm.sweep.specs import format_lr
-from hybridlm.sweep.state import disk_state, member_results
+from hybridlm.sweep.state import SweepPlan
 
 
 def describe_plan(plan: SweepPlan, slots: list[Slot]) -> str:
@@ -30,26 +30,30 @@ def describe_plan(plan: SweepPlan, slots: list[Slot]) -> str:
     rows, remaining = [], []
     for m in plan.members:
         state = states[m.name]
-        if state is None:
-            rows.append([m.name, "-", "-", "-", "-", "-", "-", "-", "-", "-", f"invalid: {m.error}"])
+        if state is None:  # an invalid config, or data that could not be prepared
+            rows.append([m.name, m.layout or "-", "-", "-", "-", "-", "-", "-", "-", "-", "-",
+                         f"invalid: {m.error}" if not m.valid else f"fails: {m.error}"])
             continue
         seconds = estimator.seconds(flops[m.name], m.tokens or 0)
         action = {"done": "done (skip)", "resume": f"resume from step {state.step}", "fresh": "train"}[state.action]
         if state.action != "done":
             remaining.append(seconds * (1 - state.step / max(m.steps or 1, 1)))
         rows.append([m.name, m.layout, f"{100 * (m.attention_fraction or 0):.0f}", format_lr(m.lr) if m.lr else "-",
-                     m.steps, human_count(m.tokens or 0), human_count(m.params) if m.params else "-",
+                     m.steps, human_count(m.tokens or 0), f"{m.epochs:.2f}" if m.epochs is not None else "-",
+                     human_count(m.params) if m.params else "-",
                      f"{approx}{estimator.tokens_per_s(flops[m.name]):,.0f}", f"{approx}{clock(seconds)}",
                      m.lr_source or "-", action])
-    table = format_table(["member", "layout", "attn %", "lr", "steps", "tokens", "params", "tok/s", "time",
-                          "lr from", "action"], rows, align="llrrrrrrrll")
-    lines = [f"sweep {plan.kind}: {len(plan.members)} members -> {plan.out}", _conditions_line(plan.conditions), "",
-             table, ""]
+    table = format_table(["member", "layout", "attn %", "lr", "steps", "tokens", "epochs", "params", "tok/s", "time",
+                          "lr from", "action"], rows, align="llrrrrrrrrll")
+    lines = [f"sweep {plan.kind}: {len(plan.members)} members -> {plan.out}", _conditions_line(plan.conditions)]
+    lines += [f"WARNING: {w}" for w in plan.conditions.get("data_warnings") or []]
+    lines += ["", table, ""]
     basis = "measured on finished members" if estimator.measured else "a rough guess for the device"
     lines.append(f"to train: {len(remaining)} members, about {clock(eta_seconds(remaining, len(slots)))} on "
                  f"{len(slots)} slot{'s' if len(slots) != 1 else ''} ({', '.join(s.device for s in slots)}); "
                  f"times are {basis}")
-    lines.append("dry run: nothing was trained or written")
+    lines.append("dry run: nothing was trained or written (the data was tokenised into the shared cache to count "
+                 "its tokens)")
     return "\n".join(lines)
 
 
@@ -59,9 +63,14 @@ def _conditions_line(c: dict[str, Any]) -> str:
     budget = c.get("token_budget")
     budget_text = f"{budget:,}" if isinstance(budget, int) else str(budget)
     data = c.get("data") or {}
-    text = (f"every member: {c.get('steps')} steps x batch {c.get('batch_size')} x seq {c.get('seq_len')} = "
+    processes = f" x {c['nproc']} processes" if (c.get("nproc") or 1) > 1 else ""
+    text = (f"every member: {c.get('steps')} steps x batch {c.get('batch_size')} x seq {c.get('seq_len')}{processes} = "
             f"{budget_text} tokens; data {data.get('source')} ({data.get('tokenizer')}), "
             f"{c.get('eval_batches')} validation batches, seed {c.get('seed')}")
+    unique, epochs = c.get("unique_tokens"), c.get("epochs")
+    if unique is not None:
+        text += (f"\ndata: {f'{unique:,}' if isinstance(unique, int) else unique} unique training tokens; each member "
+                 f"reads {f'{epochs:.2f}' if isinstance(epochs, (int, float)) else epochs} epochs of them")
     if c.get("swept"):
         text += f"\nvaried: {', '.join(c['swept'])}"
     if c.get("also_differs"):

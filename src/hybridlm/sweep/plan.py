@@ -1,22 +1,18 @@
 """The plan of a sweep: its members, each a preset plus `--set` overrides, and what they share.
 
 A member's recipe is `--preset P [--config F] --set o1 --set o2 ...` (kept in sweep.json for people
-to read). When the plan is first saved, each valid member's resolved config is written to
-DIR/configs/NAME.toml and its sha256 recorded, and the member trains from that file:
+to read); `configs` writes its resolved config to DIR/configs/NAME.toml, which it trains from:
 
     hybridlm train --config DIR/configs/NAME.toml --out DIR/NAME
 
-so editing a preset later cannot change an unstarted member, and `train_args` is the exact command
-to rerun a member by hand. Override order: the user's `--set` first, then what the sweep decides
-(layout, steps, batch size, lr, checkpoint interval, run name), so the sweep's values win and
-conflicts are refused up front.
+Override order: the user's `--set` first, then what the sweep decides (layout, steps, batch size,
+lr, checkpoint interval, run name), so the sweep's values win and conflicts are refused up front.
 """
 
 from __future__ import annotations
 
-import hashlib
 import itertools
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -24,114 +20,12 @@ from hybridlm.config import Config, parse_assignment, resolve
 from hybridlm.config.model_config import apply_gdn_aliases
 from hybridlm.errors import ConfigError, HybridLMError
 from hybridlm.sweep.conditions import check_equal_conditions, token_budget
+from hybridlm.sweep.lr_from import read_lr_table
 from hybridlm.sweep.specs import (ModelSpec, base_label, format_lr, format_value, parse_model_specs,
                                   parse_number_list, toml_literal, unique_names)
+from hybridlm.sweep.state import INVALID_CONFIG, Member, SweepPlan
 
 KINDS = ("lr", "arch", "grid")
-PLAN_FIELDS = ("name", "preset", "config_file", "overrides")
-INVALID_CONFIG = "invalid config"
-CONFIGS_DIR = "configs"                          # DIR/configs/NAME.toml: the config each member trains from
-
-
-@dataclass
-class Member:
-    """One run of the sweep: how to build its config, what it varies, and how far it got."""
-
-    name: str
-    preset: str | None
-    config_file: str | None
-    overrides: list[str]
-    group: str                                   # model spec label; LR sweeps pick a best lr per group
-    swept: dict[str, Any] = field(default_factory=dict)
-    lr_source: str | None = None
-    # resolved from the config (None for a member whose config is invalid)
-    layout: str | None = None
-    attention_fraction: float | None = None
-    lr: float | None = None
-    steps: int | None = None
-    tokens: int | None = None
-    params: int | None = None
-    # written when the plan is first saved: "configs/NAME.toml" (under DIR) and the sha256 of its text
-    planned_config: str | None = None
-    config_sha256: str | None = None
-    # run status, kept up to date in sweep.json by the runner
-    status: str = "planned"                      # planned | running | done | failed | interrupted
-    error: str | None = None
-    attempts: int = 0
-    device: str | None = None
-    pid: int | None = None
-    started: str | None = None
-    finished: str | None = None
-    wall_s: float | None = None
-    returncode: int | None = None
-    resumed_from_step: int | None = None
-    eval_status: str | None = None               # None | done | failed
-    eval_tasks: str | None = None
-    eval_error: str | None = None
-
-    def build_config(self) -> Config:
-        """The recipe resolved now; at plan time this is written to configs/NAME.toml, which the member trains from."""
-        return resolve(preset=self.preset, file=self.config_file, overrides=self.overrides)
-
-    def train_args(self, out_dir: Path, config_path: Path | None = None) -> list[str]:
-        """The `hybridlm train` command of this member: its planned config file into its directory.
-
-        `config_path` defaults to the sweep's configs/NAME.toml next to `out_dir` (DIR/NAME). A clone
-        named with `--set fla.path=...` is activated with `--fla-path`, as `train --set` would."""
-        if config_path is None:
-            config_path = Path(out_dir).parent / CONFIGS_DIR / f"{self.name}.toml"
-        return ["train", "--config", str(config_path), "--out", str(out_dir), *self.fla_args()]
-
-    def fla_args(self) -> list[str]:
-        """`--fla-path CLONE` when the recipe names one: a fresh start and every resume activate it alike."""
-        fla_path = next((value for key, value in map(parse_assignment, reversed(self.overrides))
-                         if key == "fla.path"), None)
-        return ["--fla-path", str(fla_path)] if fla_path else []
-
-    @property
-    def valid(self) -> bool:
-        """False for a member whose config failed to resolve at plan time (it never runs)."""
-        return not (self.error or "").startswith(INVALID_CONFIG)
-
-    def same_plan(self, other: "Member") -> bool:
-        return all(getattr(self, f) == getattr(other, f) for f in PLAN_FIELDS)
-
-    def to_json(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_json(cls, values: dict[str, Any]) -> "Member":
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in values.items() if k in known})
-
-
-@dataclass
-class SweepPlan:
-    kind: str
-    out: Path
-    members: list[Member]
-    settings: dict[str, Any]
-    conditions: dict[str, Any]
-
-    def member(self, name: str) -> Member:
-        return next(m for m in self.members if m.name == name)
-
-    def member_dir(self, member: Member) -> Path:
-        return self.out / member.name
-
-    def config_path(self, member: Member) -> Path:
-        """DIR/configs/NAME.toml: the resolved config the member trains from (written at plan time).
-
-        Always derived from the name (member.planned_config only records it), so an edited sweep.json
-        cannot point a member at a file outside the sweep."""
-        return self.out / CONFIGS_DIR / f"{member.name}.toml"
-
-    def train_args(self, member: Member) -> list[str]:
-        return member.train_args(self.member_dir(member), self.config_path(member))
-
-
-def file_sha256(path: Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 @dataclass
@@ -144,11 +38,14 @@ class BaseOptions:
     overrides: list[str] = field(default_factory=list)
     steps: int | None = None
     batch_size: int | None = None
+    nproc: int = 1                     # processes (GPUs) per member; the global batch is nproc x batch_size
 
     def base_config(self) -> Config:
         return resolve(preset=self.preset, file=self.config_file, overrides=self.overrides)
 
     def budget_overrides(self) -> list[str]:
+        if self.nproc < 1:
+            raise ConfigError(f"--gpus-per-member must be at least 1, got {self.nproc}")
         out = []
         if self.steps is not None:
             if self.steps <= 0:
@@ -173,7 +70,7 @@ class BaseOptions:
 
     def settings(self) -> dict[str, Any]:
         return {"preset": self.preset, "config_file": self.config_file, "overrides": list(self.overrides),
-                "steps": self.steps, "batch_size": self.batch_size}
+                "steps": self.steps, "batch_size": self.batch_size, "gpus_per_member": self.nproc}
 
 
 # ------------------------------------------------------------------ the three kinds
@@ -201,11 +98,7 @@ def build_arch_plan(options: BaseOptions, layouts: str, lr_from: str | Path | No
         owned["train.lr"] = "--lr-from" if lr_from is not None else "--lr"
     options.refuse_conflicts(owned)
     specs = parse_model_specs(layouts, options.base_config(), options.preset, options.config_file)
-    table = None
-    if lr_from is not None:
-        from hybridlm.sweep.lr_from import read_lr_table
-
-        table = read_lr_table(Path(lr_from))
+    table = read_lr_table(Path(lr_from)) if lr_from is not None else None
     members = []
     for spec in specs:
         swept = {"model.layout": spec.layout or spec.label}
@@ -264,7 +157,7 @@ def _member(options: BaseOptions, spec: ModelSpec, name: str, extra: list[str], 
             strict: bool = True) -> Member:
     overrides = [*options.overrides, *spec.overrides(), *options.budget_overrides(), *extra]
     member = Member(name=name, preset=spec.preset, config_file=spec.config_file, overrides=overrides,
-                    group=spec.label, swept=swept)
+                    group=spec.label, swept=swept, nproc=options.nproc)
     try:
         config = member.build_config()
     except HybridLMError as exc:
@@ -289,13 +182,16 @@ def _resolve(member: Member) -> None:
     member.attention_fraction = config.model.attention_fraction
     member.lr = config.train.lr
     member.steps = config.train.max_steps
-    member.tokens = token_budget(config)
+    member.tokens = token_budget(config) * member.nproc
 
 
 def _finish(kind: str, options: BaseOptions, members: list[Member], settings: dict[str, Any],
             swept_keys: set[str]) -> SweepPlan:
     configs = {m.name: m.build_config() for m in members if m.error is None}
     conditions = check_equal_conditions(configs, swept_keys)
+    if options.nproc > 1 and isinstance(conditions.get("token_budget"), int):
+        conditions["token_budget"] *= options.nproc  # every process reads its own batch
+    conditions["nproc"] = options.nproc
     _count_parameters(members, configs)
     return SweepPlan(kind=kind, out=Path(options.out), members=members, settings=settings, conditions=conditions)
 

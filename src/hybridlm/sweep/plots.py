@@ -14,7 +14,7 @@ from typing import Any
 
 from hybridlm.runs import RunDir
 from hybridlm.runs.plots import pyplot
-from hybridlm.sweep.summary import higher_is_better, metric_value
+from hybridlm.sweep.records import higher_is_better, metric_value
 
 CURVES = "val_loss_curves.png"
 VS_ATTENTION = "loss_vs_attention.png"

@@ -1,7 +1,8 @@
 """A work queue over device slots: each slot runs one job at a time, jobs start in plan order.
 
-Jobs are polled, not waited on in threads: one loop starts a job whenever a slot is free, and the
-caller hears about every change (`on_change`) to redraw the sweep view and rewrite sweep.json.
+Jobs are polled, not waited on in threads: one loop starts a job whenever a slot is free, sleeps in
+`wait` (which may wake early when a process has news) and hears about every change (`on_change`)
+to redraw the sweep view and rewrite sweep.json.
 With one slot this is a plain sequential loop; with N slots at most N jobs run at once.
 """
 
@@ -33,7 +34,8 @@ class Job(Protocol):
 
 class SlotQueue:
     def __init__(self, jobs: Iterable[Job], slots: list[Slot], on_change: Callable[[], None] | None = None,
-                 poll_interval: float = 0.2, on_tick: Callable[[], None] | None = None):
+                 poll_interval: float = 0.2, on_tick: Callable[[], None] | None = None,
+                 wait: Callable[[float], None] = time.sleep):
         if not slots:
             raise ValueError("a queue needs at least one slot")
         self.queued: deque[Job] = deque(jobs)
@@ -43,6 +45,7 @@ class SlotQueue:
         self.on_change = on_change or (lambda: None)
         self.on_tick = on_tick or (lambda: None)
         self.poll_interval = poll_interval
+        self.wait = wait
         self.max_running = 0
 
     def run(self) -> list[Job]:
@@ -50,7 +53,7 @@ class SlotQueue:
         try:
             while self.queued or self.running:
                 self._fill_free_slots()
-                time.sleep(self.poll_interval)
+                self.wait(self.poll_interval)
                 self._collect_finished()
                 self.on_tick()
         except KeyboardInterrupt:

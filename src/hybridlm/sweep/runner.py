@@ -1,10 +1,12 @@
-"""Running a sweep: decide what each member still needs, run the member jobs on the slots, report.
+"""Running a sweep: decide what each member still needs, train the members on the slots, report.
 
-Each member is its own process (see `job`), so a crash, an out-of-memory kill or a Ctrl-C of one
-member is contained: it is recorded in sweep.json (status "failed" with its error, or
-"interrupted") and the others go on. Rerunning the same command skips finished members, resumes
-interrupted ones from their last checkpoint and reruns failed ones. Members start from the config
-files written when the plan was first saved (DIR/configs/NAME.toml, see `state.record_member_configs`).
+Each slot keeps one warm worker process (`processes`) that trains its members one after another,
+so a member costs its training plus about a second, not a process start, imports and a cold GPU.
+A member that crashes, runs out of memory or is killed is recorded in sweep.json (status "failed"
+with its error) and its worker is replaced; the others go on. Ctrl-C or SIGTERM lets every running
+member save a checkpoint, records it as "interrupted" and stops. Rerunning the same command skips
+finished members, resumes interrupted ones from their last checkpoint and reruns failed ones.
+Members train from the config files written when the plan was first saved (DIR/configs/NAME.toml).
 """
 
 from __future__ import annotations
@@ -12,97 +14,79 @@ from __future__ import annotations
 import os
 import signal
 import sys
-from dataclasses import dataclass
+import threading
 from typing import Any
 
-from hybridlm.errors import ConfigError, HybridLMError
-from hybridlm.sweep.devices import Slot, parse_devices
-from hybridlm.sweep.estimate import TimeEstimator, eta_seconds, flops_per_token
-from hybridlm.sweep.job import MemberJob
-from hybridlm.sweep.plan import Member, SweepPlan
-from hybridlm.sweep.progress import Counts, SweepProgress
+from hybridlm.errors import ConfigError
+from hybridlm.sweep.budget import account_data
+from hybridlm.sweep.configs import merge_with_previous, record_member_configs
+from hybridlm.sweep.devices import parse_devices
+from hybridlm.sweep.estimate import eta_seconds
+from hybridlm.sweep.job import MemberJob, RunOptions, SweepContext
+from hybridlm.sweep.processes import start_processes, wait_any
+from hybridlm.sweep.progress import Counts
 from hybridlm.sweep.queue import SlotQueue
-from hybridlm.sweep.state import (SweepLock, disk_state, member_results, merge_with_previous, record_member_configs,
-                                  write_sweep)
+from hybridlm.sweep.records import disk_state, member_results
+from hybridlm.sweep.state import SweepLock, SweepPlan
+from hybridlm.sweep.summary import write_summary
+
+__all__ = ["RunOptions", "run_sweep"]
 
 
-@dataclass
-class RunOptions:
-    devices: str | None = "auto"
-    progress: bool | None = None
-    eval_tasks: str | None = None
-    eval_limit: int | None = None
-    eval_data_dir: str | None = None
-    python: str = sys.executable
-    poll_interval: float = 0.2
+def run_sweep(plan: SweepPlan, options: RunOptions, command: list[str] | None = None,
+              processes: dict[int, Any] | None = None) -> dict[str, Any]:
+    """Train every member that is not finished yet, then write summary.json, summary.md and the plots.
 
-
-class SweepContext:
-    """What the member jobs share: the plan, the options, the view, the time estimator."""
-
-    def __init__(self, plan: SweepPlan, options: RunOptions, slots: list[Slot], command: list[str] | None):
-        self.plan = plan
-        self.options = options
-        self.slots = slots
-        self.command = command
-        self.parallel = len(slots) > 1
-        self.view = SweepProgress(enabled=options.progress, live=self.parallel)
-        self.estimator = TimeEstimator(slots[0].device)
-        self.flops: dict[str, float] = {}
-        self.forward_interrupt = True
-
-    def flops_of(self, member: Member) -> float:
-        if member.name not in self.flops:
-            self.flops[member.name] = flops_per_token(member.build_config())
-        return self.flops[member.name]
-
-    def save(self) -> None:
-        write_sweep(self.plan, self.command)
-
-    def needs_eval(self, member: Member) -> bool:
-        tasks = self.options.eval_tasks
-        return bool(tasks) and not (member.eval_status == "done" and member.eval_tasks == tasks)
-
-
-def run_sweep(plan: SweepPlan, options: RunOptions, command: list[str] | None = None) -> dict[str, Any]:
-    """Train every member that is not finished yet, then write summary.json, summary.md and the plots."""
-    from hybridlm.sweep.summary import write_summary
-
-    slots = parse_devices(options.devices)
-    _refuse_pinned_devices(plan)
+    `processes` (from `start_processes` on the same --devices) may have been started before the plan
+    was built, so that their imports overlap planning; they are closed here."""
+    slots = parse_devices(options.devices, per_member=plan.members[0].nproc if plan.members else 1)
     ctx = SweepContext(plan, options, slots, command)
-    with SweepLock(plan.out):
-        merge_with_previous(plan)
-        record_member_configs(plan)  # plan time: configs/NAME.toml + config_sha256, before sweep.json is saved
-        jobs = _jobs_to_run(ctx)
-        ctx.save()
-        _prepare_data(ctx, jobs)
-        jobs = [j for j in jobs if j.member.status != "failed"]
-        queue = SlotQueue(jobs, slots, on_change=lambda: _on_change(ctx, queue), poll_interval=options.poll_interval,
-                          on_tick=ctx.view.tick)
-        previous = signal.signal(signal.SIGTERM, _sigterm_as_interrupt(ctx)) if _main_thread() else None
-        try:
-            ctx.forward_interrupt = not _terminal_sent_sigint()
-            queue.run()
-        except KeyboardInterrupt:
-            for member in plan.members:  # whatever the interrupt cut short is not "running" any more
-                if member.status == "running":
-                    member.status, member.pid = "interrupted", None
-                    member.error = member.error or "interrupted"
+    ctx.processes = processes or {}
+    try:
+        _refuse_pinned_devices(plan)
+        with SweepLock(plan.out):
+            merge_with_previous(plan)
+            jobs = _jobs_to_run(ctx)
+            if jobs and not ctx.processes:  # started now, so their imports overlap the data preparation below
+                ctx.processes = start_processes(slots, options.python)
+            # tokenised before anything is written: a plan the data cannot serve is refused with nothing saved
+            for warning in account_data(plan, progress=options.progress is not False):
+                ctx.view.message(f"warning: {warning}")
+            record_member_configs(plan)  # plan time: configs/NAME.toml + config_sha256, before sweep.json is saved
             ctx.save()
-            ctx.view.close()
-            write_summary(plan, command, plots=False)
-            done = sum(m.status == "done" for m in plan.members)
-            print(f"sweep interrupted: {done} of {len(plan.members)} members done; rerun the same command to go on "
-                  "(finished members are kept, interrupted ones resume from their checkpoints)", file=sys.stderr)
-            raise
-        finally:
-            if previous is not None:
-                signal.signal(signal.SIGTERM, previous)
-            ctx.view.close()
+            _train(ctx, [j for j in jobs if j.member.status != "failed"])
+            ctx.save()
+            return write_summary(plan, command)
+    finally:
+        for process in ctx.processes.values():
+            process.close()
+
+
+def _train(ctx: SweepContext, jobs: list[MemberJob]) -> None:
+    processes = list(ctx.processes.values())
+    queue = SlotQueue(jobs, ctx.slots, on_change=lambda: _on_change(ctx, queue), poll_interval=ctx.options.poll_interval,
+                      on_tick=ctx.view.tick, wait=lambda seconds: wait_any(processes, seconds))
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _sigterm_as_interrupt(ctx)) if main_thread else None
+    try:
+        ctx.forward_interrupt = not _terminal_sent_sigint()
+        queue.run()
+    except KeyboardInterrupt:
+        for member in ctx.plan.members:  # whatever the interrupt cut short is not "running" any more
+            if member.status == "running":
+                member.status, member.pid = "interrupted", None
+                member.error = member.error or "interrupted"
         ctx.save()
-        summary = write_summary(plan, command)
-    return summary
+        ctx.view.close()
+        write_summary(ctx.plan, ctx.command, plots=False)
+        done = sum(m.status == "done" for m in ctx.plan.members)
+        print(f"sweep interrupted: {done} of {len(ctx.plan.members)} members done; rerun the same command to go on "
+              "(finished members are kept, interrupted ones resume from their checkpoints)", file=sys.stderr)
+        raise
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+        ctx.view.close()
 
 
 def _jobs_to_run(ctx: SweepContext) -> list[MemberJob]:
@@ -137,31 +121,7 @@ def _jobs_to_run(ctx: SweepContext) -> list[MemberJob]:
     return jobs
 
 
-def _prepare_data(ctx: SweepContext, jobs: list[MemberJob]) -> None:
-    """Tokenise each distinct data config once, before members start (parallel members would wait)."""
-    pending = [j for j in jobs if j.member.status != "done"]
-    if not pending:
-        return
-    from hybridlm.data import prepare_data
-
-    by_data: dict[str, list[MemberJob]] = {}
-    configs = {}
-    for job in pending:
-        config = job.member.build_config()
-        key = repr(sorted(config.to_dict()["data"].items()))
-        by_data.setdefault(key, []).append(job)
-        configs[key] = config
-    for key, group in by_data.items():
-        try:
-            prepare_data(configs[key].data, progress=ctx.options.progress is not False)
-        except HybridLMError as exc:
-            for job in group:
-                job.member.status, job.member.error = "failed", f"data: {exc}"
-            ctx.view.message(f"data for {', '.join(j.name for j in group)} failed: {exc}")
-    ctx.save()
-
-
-def _on_change(ctx: SweepContext, queue: SlotQueue, force: bool = False) -> None:
+def _on_change(ctx: SweepContext, queue: SlotQueue) -> None:
     ctx.save()
     running = [job for job, _ in queue.running.values()]
     busy = {job.name for job in running} | {job.name for job in queue.queued}
@@ -170,11 +130,9 @@ def _on_change(ctx: SweepContext, queue: SlotQueue, force: bool = False) -> None
                     failed=sum(m.status in ("failed", "interrupted") for m in idle), running=len(running),
                     queued=len(queue.queued))
     remaining = [j.remaining_s() for j in running]
-    for job in queue.queued:
-        m = job.member
-        remaining.append(ctx.estimator.seconds(ctx.flops_of(m), m.tokens or 0))
+    remaining += [ctx.estimator.seconds(ctx.flops_of(j.member), j.member.tokens or 0) for j in queue.queued]
     eta = eta_seconds(remaining, len(ctx.slots)) if (ctx.estimator.measured or not remaining) else None
-    ctx.view.status(counts, eta, force=force)
+    ctx.view.status(counts, eta)
 
 
 def _refuse_pinned_devices(plan: SweepPlan) -> None:
@@ -200,12 +158,6 @@ def _sigterm_as_interrupt(ctx: SweepContext):
         raise KeyboardInterrupt
 
     return handler
-
-
-def _main_thread() -> bool:
-    import threading
-
-    return threading.current_thread() is threading.main_thread()
 
 
 def _plural(count: int, noun: str) -> str:

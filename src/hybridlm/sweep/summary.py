@@ -1,151 +1,31 @@
-"""Sweep reports: one record per member, ranked, as summary.json, summary.md and a markdown table.
+"""Sweep reports: the ranked records as summary.json, summary.md and the console table.
 
 `hybridlm compare` builds its table with the same functions, so comparing a sweep directory
-reproduces the sweep's own ranking table exactly.
+reproduces the sweep's own ranking table exactly. summary.md also says what data the members
+read (unique training tokens, epochs) and where each member's time went (training vs overhead).
 """
 
 from __future__ import annotations
 
 import math
-from pathlib import Path
+import shlex
 from typing import Any
 
 from hybridlm.atomic_write import write_json_atomic, write_text_atomic
 from hybridlm.reports import format_table, human_count
-from hybridlm.runs import RunDir
-from hybridlm.sweep.plan import Member, SweepPlan
 from hybridlm.sweep.estimate import clock
+from hybridlm.sweep.plots import write_plots
+from hybridlm.sweep.records import best_lr_per_group, rank_records, sweep_records
 from hybridlm.sweep.specs import format_lr
-from hybridlm.sweep.state import read_json_or_none
+from hybridlm.sweep.state import SweepPlan
 
 SUMMARY_JSON = "summary.json"
 SUMMARY_MD = "summary.md"
-DEFAULT_SORT = "best_val_loss"
-# larger is better for these; everything else (losses, perplexity, time, params) sorts ascending
-HIGHER_IS_BETTER = ("tokens_per_s", "final_val_accuracy", "acc", "acc_norm", "exact_match", "f1", "mfu")
 TABLE_HEADERS = ["rank", "member", "layout", "attn %", "lr", "params", "best val loss", "final val loss",
                  "val acc", "val ppl", "tokens", "tok/s", "time", "status"]
 
 
-# ------------------------------------------------------------------------ records
-def run_record(run_dir: Path, name: str | None = None) -> dict[str, Any]:
-    """Everything the tables and plots need from one run directory (finished or not)."""
-    run = RunDir(run_dir)
-    results = read_json_or_none(run.results_file)
-    record: dict[str, Any] = {"rank": None, "name": name or run.path.name, "group": None, "layout": None,
-                              "attention_pct": None, "lr": None, "params": None, "best_val_loss": None,
-                              "best_step": None, "final_val_loss": None, "final_val_accuracy": None,
-                              "final_val_perplexity": None, "steps": None, "planned_steps": None,
-                              "train_time_s": None, "tokens": None, "tokens_per_s": None,
-                              "status": "done" if results else "incomplete", "error": None,
-                              "eval": read_eval_columns(run.path), "dir": str(run.path)}
-    config = (results or {}).get("config") or _config_dict(run)
-    if config:
-        record["group"] = config.get("run", {}).get("name") or record["name"]
-        record["lr"] = config.get("train", {}).get("lr")
-        record["planned_steps"] = config.get("train", {}).get("max_steps")
-    if results:
-        model, r = results.get("model", {}), results.get("results", {})
-        record.update(layout=model.get("layout"), params=model.get("params_total"),
-                      best_val_loss=r.get("best_val_loss"), best_step=r.get("best_step"),
-                      final_val_loss=r.get("final_val_loss"), final_val_accuracy=r.get("final_val_accuracy"),
-                      final_val_perplexity=r.get("final_val_perplexity"), steps=r.get("steps"),
-                      train_time_s=r.get("train_time_s"), tokens=r.get("tokens_processed"),
-                      # the steady rate: the first log interval holds compilation and autotuning
-                      tokens_per_s=r.get("tokens_per_s_steady") or r.get("tokens_per_s"))
-        if model.get("attention_fraction") is not None:
-            record["attention_pct"] = 100.0 * model["attention_fraction"]
-    else:
-        _fill_from_metrics(record, run)
-    return record
-
-
-def member_record(plan: SweepPlan, member: Member) -> dict[str, Any]:
-    """A run record labelled with the plan's view of the member (name, group, status, error)."""
-    record = run_record(plan.member_dir(member), name=member.name)
-    done = record["status"] == "done" and record["steps"] == member.steps
-    record.update(group=member.group, planned_steps=member.steps, lr_source=member.lr_source,
-                  swept=member.swept, eval_status=member.eval_status, eval_error=member.eval_error,
-                  status="done" if done else ("planned" if member.status == "done" else member.status),
-                  error=None if done else member.error)
-    for key, value in (("layout", member.layout), ("lr", member.lr), ("params", member.params),
-                       ("tokens", member.tokens)):
-        if record.get(key) is None:
-            record[key] = value
-    if record["attention_pct"] is None and member.attention_fraction is not None:
-        record["attention_pct"] = 100.0 * member.attention_fraction
-    return record
-
-
-def sweep_records(plan: SweepPlan) -> list[dict[str, Any]]:
-    return [member_record(plan, m) for m in plan.members]
-
-
-def read_eval_columns(run_dir: Path) -> dict[str, float] | None:
-    """Benchmark columns from DIR/eval.json, if the evaluation package can read them."""
-    try:
-        from hybridlm.evaluation import read_eval
-    except ImportError:
-        return None
-    try:
-        return read_eval(run_dir) or None
-    except Exception:  # a damaged eval.json must not break a comparison of losses
-        return None
-
-
-def _fill_from_metrics(record: dict[str, Any], run: RunDir) -> None:
-    """A run without results.json (still training, or interrupted): its evals so far."""
-    evals = [e for e in run.read_metrics() if e.get("event") == "eval" and e.get("val_loss") is not None]
-    if evals:
-        best = min(evals, key=lambda e: e["val_loss"])
-        last = evals[-1]
-        record.update(best_val_loss=best["val_loss"], best_step=best["step"], final_val_loss=last["val_loss"],
-                      final_val_accuracy=last.get("val_accuracy"), final_val_perplexity=last.get("val_perplexity"),
-                      steps=last["step"], tokens=last.get("tokens"))
-
-
-def _config_dict(run: RunDir) -> dict[str, Any] | None:
-    if not run.config_file.is_file():
-        return None
-    try:
-        import tomllib
-    except ImportError:  # pragma: no cover
-        import tomli as tomllib
-    try:
-        return tomllib.loads(run.config_file.read_text())
-    except (OSError, ValueError):
-        return None
-
-
-# ------------------------------------------------------------------------ ranking
-def metric_value(record: dict[str, Any], key: str) -> Any:
-    if key in record:
-        return record[key]
-    return (record.get("eval") or {}).get(key)
-
-
-def higher_is_better(key: str) -> bool:
-    last = key.rsplit("/", 1)[-1].split(",")[0]
-    return key in HIGHER_IS_BETTER or last in HIGHER_IS_BETTER
-
-
-def rank_records(records: list[dict[str, Any]], key: str = DEFAULT_SORT) -> list[dict[str, Any]]:
-    """Finished records with a value, best first (rank 1, 2, ...), then the rest in their given order."""
-    def usable(r):
-        value = metric_value(r, key)
-        return r["status"] == "done" and isinstance(value, (int, float)) and not math.isnan(value)
-
-    ranked = [r for r in records if usable(r)]
-    sign = -1.0 if higher_is_better(key) else 1.0
-    ranked.sort(key=lambda r: (sign * metric_value(r, key), r["name"]))
-    for i, r in enumerate(ranked, 1):
-        r["rank"] = i
-    rest = [r for r in records if not usable(r)]
-    for r in rest:
-        r["rank"] = None
-    return ranked + rest
-
-
+# ------------------------------------------------------------------------ tables
 def eval_columns(records: list[dict[str, Any]]) -> list[str]:
     return sorted({k for r in records for k in (r.get("eval") or {})})
 
@@ -166,26 +46,6 @@ def ranking_table(records: list[dict[str, Any]]) -> str:
         ])
     align = "rllrrrrrrrrrrl" + "r" * len(extra)
     return format_table([*TABLE_HEADERS, *extra], rows, align=align)
-
-
-def best_lr_per_group(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """For each group (preset / layout) of an LR sweep: the lr with the lowest best val loss."""
-    groups: dict[str, list[dict[str, Any]]] = {}
-    for r in records:
-        groups.setdefault(r.get("group") or r["name"], []).append(r)
-    out = []
-    for group, members in groups.items():
-        done = [r for r in members if r["status"] == "done" and r["best_val_loss"] is not None and r["lr"]]
-        lrs = sorted(r["lr"] for r in members if r["lr"])
-        entry = {"group": group, "layout": members[0]["layout"], "attention_pct": members[0]["attention_pct"],
-                 "best_lr": None, "best_val_loss": None, "at_edge": None,
-                 "losses": {format_lr(r["lr"]): r["best_val_loss"] for r in sorted(done, key=lambda r: r["lr"])}}
-        if done:
-            best = min(done, key=lambda r: (r["best_val_loss"], r["lr"]))
-            entry.update(best_lr=best["lr"], best_val_loss=best["best_val_loss"],
-                         at_edge=len(lrs) > 1 and best["lr"] in (lrs[0], lrs[-1]))
-        out.append(entry)
-    return out
 
 
 def best_lr_table(entries: list[dict[str, Any]]) -> str:
@@ -224,10 +84,9 @@ def write_summary(plan: SweepPlan, command: list[str] | None = None, plots: bool
     }
     if plan.kind == "lr":
         summary["best_lr_per_preset"] = best_lr_per_group(records)
+    summary["timing"] = timing_totals(records)
     summary["plots"] = []
     if plots:
-        from hybridlm.sweep.plots import write_plots
-
         summary["plots"] = [p.name for p in write_plots(records, plan.out, kind=plan.kind)]
     write_json_atomic(plan.out / SUMMARY_JSON, summary, indent=1)
     write_text_atomic(plan.out / SUMMARY_MD, summary_markdown(summary, records))
@@ -263,11 +122,15 @@ def summary_markdown(summary: dict[str, Any], records: list[dict[str, Any]]) -> 
     if c:
         data = c.get("data") or {}
         budget = c.get("token_budget")
+        processes = f" x {c['nproc']} processes" if (c.get("nproc") or 1) > 1 else ""
         lines.append(f"Every member: {c.get('steps')} steps x batch {c.get('batch_size')} x grad_accum "
-                     f"{c.get('grad_accum')} x seq {c.get('seq_len')} = "
+                     f"{c.get('grad_accum')} x seq {c.get('seq_len')}{processes} = "
                      f"{f'{budget:,}' if isinstance(budget, int) else budget} tokens; data `{data.get('source')}` "
                      f"(tokenizer `{data.get('tokenizer')}`, data seed {data.get('seed')}); validation on "
                      f"{c.get('eval_batches')} fixed batches; train seed {c.get('seed')}.")
+        if data_line(c):
+            lines.append(data_line(c))
+        lines += [f"**Warning:** {w}." for w in c.get("data_warnings") or []]
         if c.get("swept"):
             lines.append(f"Varied: {', '.join(c['swept'])}.")
         if c.get("also_differs"):
@@ -280,6 +143,14 @@ def summary_markdown(summary: dict[str, Any], records: list[dict[str, Any]]) -> 
     failures = _failure_lines(records)
     if failures:
         lines += ["## Failures", "", *failures, ""]
+    timing = summary.get("timing")
+    if timing:
+        lines += ["## Time per member (last training attempt)", "",
+                  f"{timing['members']} members: {timing['wall_s']:.1f} s wall, {timing['train_s']:.1f} s of it "
+                  f"training and {timing['worker_start_s']:.1f} s waiting for new workers' imports (once per worker); "
+                  f"overhead (the rest: data, model build, evaluations, checkpoints, plots) "
+                  f"{timing['mean_overhead_s']:.2f} s per member on average, at most {timing['max_overhead_s']:.2f} s.",
+                  "", timing_table(records), ""]
     if summary.get("plots"):
         lines += ["## Plots", ""] + [f"![{p}]({p})" for p in summary["plots"]] + [""]
     return "\n".join(lines)
@@ -291,9 +162,36 @@ def _counts(records: list[dict[str, Any]]) -> dict[str, int]:
     return {"done": done, "failed": failed, "other": len(records) - done - failed}
 
 
-def _quote(arg: str) -> str:
-    import shlex
+def timing_totals(records: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """Sums and the mean per-member overhead of the members' last training attempts (None: no timing yet)."""
+    timed = [r["timing"] for r in records if r.get("timing")]
+    if not timed:
+        return None
+    total = {key: round(sum(t.get(key) or 0.0 for t in timed), 3)
+             for key in ("wall_s", "worker_start_s", "train_s", "overhead_s")}
+    return {**total, "members": len(timed), "mean_overhead_s": round(total["overhead_s"] / len(timed), 3),
+            "max_overhead_s": max(t["overhead_s"] for t in timed)}
 
+
+def timing_table(records: list[dict[str, Any]]) -> str:
+    rows = [[r["name"], f"{t['wall_s']:.2f}", _num(t.get("worker_start_s"), "{:.2f}"), f"{t['train_s']:.2f}",
+             f"{t['overhead_s']:.2f}", _num(t.get("first_step_s"), "{:.2f}"), t.get("process", "-")]
+            for r in records if (t := r.get("timing"))]
+    return format_table(["member", "wall s", "waited for worker s", "training s", "overhead s", "first step s",
+                         "process"], rows, align="lrrrrrl")
+
+
+def data_line(c: dict[str, Any]) -> str | None:
+    """'Data: 4,812,345 unique training tokens; each member reads 3.05 epochs of them.' (None before accounting)."""
+    unique, epochs = c.get("unique_tokens"), c.get("epochs")
+    if unique is None:
+        return None
+    unique_text = f"{unique:,}" if isinstance(unique, int) else str(unique)
+    epochs_text = f"{epochs:.2f} epochs" if isinstance(epochs, (int, float)) else f"{epochs} epochs (see the table)"
+    return f"Data: {unique_text} unique training tokens; each member reads {epochs_text} of them."
+
+
+def _quote(arg: str) -> str:
     return shlex.quote(arg)
 
 

@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from hybridlm.config import RESUME_SAFE_KEYS, Config, changed_keys, resolve
+from hybridlm.config.resolve import RESUME_RESPLIT_KEYS
 from hybridlm.errors import BackendError, CheckpointError, ConfigError
 from hybridlm.fla_source import ENV_VAR as FLA_ENV_VAR
 from hybridlm.fla_source import activate_fla_source
@@ -23,6 +24,7 @@ from hybridlm.runs.writer import RunLock, clear_run, describe_run, holds_run
 from hybridlm.runs.checkpoint import OPTIMIZER_TENSORS, read_trainer_state, verify_checkpoint
 from hybridlm.runs.environment import environment_info
 from hybridlm.train.distributed import process_info
+from hybridlm.train.global_batch import keep_global_batch, recorded_global_batch, recorded_validation_rows
 from hybridlm.train.parallel import barrier, init_distributed, share_outcome, shutdown
 from hybridlm.train.precision import resolve_precision
 from hybridlm.train.signals import GracefulStop
@@ -35,9 +37,11 @@ def train(config: Config | None = None, out: str | Path | None = None, resume: s
 
     A fresh run refuses an `out` that already holds a run unless `overwrite` (which replaces it
     whole). `resume` continues DIR from its own config: `config`, if given, may differ from it only
-    in RESUME_SAFE_KEYS, and `extend_steps` is the one way to train longer. A finished run with
-    nothing left to train is returned as it is, untouched. Only `fla_path` (or HYBRIDLM_FLA_PATH)
-    puts a local FLA clone on sys.path; a config's `fla.path` is a record, never activated.
+    in RESUME_SAFE_KEYS and in how the global batch is split (train/global_batch.py, which also
+    rescales grad_accum on another number of processes), and `extend_steps` is the one way to train
+    longer. A finished run with nothing left to train is returned as it is, untouched. Only
+    `fla_path` (or HYBRIDLM_FLA_PATH) puts a local FLA clone on sys.path; a config's `fla.path` is a
+    record, never activated.
     """
     run, config, checkpoint = _resolve_run(config, out, resume, extend_steps)
     if checkpoint is not None:
@@ -48,7 +52,8 @@ def train(config: Config | None = None, out: str | Path | None = None, resume: s
                                                     "steps; nothing left to train (use --extend-steps N to go on)"}
         # (trained, but killed before results.json was written: the resume below trains no step and writes it)
     proc = process_info()
-    device = init_distributed(proc, config.train.device)  # under torchrun: the process group, this rank's GPU
+    # under torchrun: the process group, this rank's GPU
+    device = init_distributed(proc, config.train.device, config.train.parallel)
     lock = RunLock(run.path)
 
     def claim() -> None:  # rank 0 alone owns the directory; its refusal stops every rank
@@ -97,13 +102,20 @@ def _train_locked(run: RunDir, config: Config, checkpoint: Path | None, progress
     sampler = TrainSampler(data.train_tokens, config.train.batch_size, config.data.seq_len, seed=config.data.seed,
                            on_exhausted=config.data.on_exhausted, rank=proc.rank, world_size=proc.world_size,
                            pin_memory=device.type == "cuda")
-    # the fixed validation set is made of global batches (batch_size x ranks); each rank scores its rows,
-    # so a run evaluates the same windows whatever its number of processes
+    # the fixed validation set is made of global batches (batch_size x ranks when the run started, kept on
+    # resume); each rank scores its rows, so a run evaluates the same windows whatever its number of processes
+    val_rows = config.train.batch_size * proc.world_size
+    if checkpoint is not None:
+        val_rows = recorded_validation_rows(read_trainer_state(checkpoint), config)
     val = [batch[proc.rank::proc.world_size] for batch in validation_batches(
-        data.val_tokens, config.train.batch_size * proc.world_size, config.data.seq_len, config.train.eval_batches)]
-    trainer = Trainer(config, run, parts, precision, sampler, val, progress=progress, stop=stop)
+        data.val_tokens, val_rows, config.data.seq_len, config.train.eval_batches)]
+    trainer = Trainer(config, run, parts, precision, sampler, val, progress=progress, stop=stop,
+                      val_batch_rows=val_rows)
     trainer.progress.write("kernels: " + ", ".join(f"{k} {v}" for k, v in kernels.items() if k != "reason")
                            + (", blocks compiled" if parts.compiled else "") + f" ({kernels['reason']})")
+    if parts.parallel != "none" or parts.activation_checkpointing != "none":
+        trainer.progress.write(f"parallel: {parts.parallel} over {proc.world_size} process(es), activation "
+                               f"checkpointing {parts.activation_checkpointing}")
     if checkpoint is not None:
         trainer.restore(checkpoint)  # every check that can refuse the resume runs before anything is written
     if proc.is_main:
@@ -133,11 +145,13 @@ def _train_locked(run: RunDir, config: Config, checkpoint: Path | None, progress
             "attention_layers": sorted(config.model.attention_layer_set),
             "attention_fraction": config.model.attention_fraction,
         },
-        "data": {k: data.manifest.get(k) for k in ("source", "tokenizer", "vocab_size", "train_tokens",
-                                                     "val_tokens", "train_documents", "val_documents")},
+        "data": {**{k: data.manifest.get(k) for k in ("source", "tokenizer", "vocab_size", "train_tokens",
+                                                        "val_tokens", "train_documents", "val_documents")},
+                 "epochs": sampler.epochs_read},  # > 1: the run read some training tokens more than once
         "results": {**summary["results"], "total_time_s": previous_time + wall},
         "environment": {**environment_info(device, parts.model.kernels.backend), "precision": precision.name,
-                        "fla": fla, "kernels": kernels, "compiled": parts.compiled},
+                        "fla": fla, "kernels": kernels, "compiled": parts.compiled, "parallel": parts.parallel,
+                        "world_size": proc.world_size, "activation_checkpointing": parts.activation_checkpointing},
     }
     results["hybridlm_commit"] = results["environment"]["hybridlm_commit"]
     if proc.is_main:
@@ -157,12 +171,13 @@ def _resolve_run(config: Config | None, out, resume, extend_steps) -> tuple[RunD
         return RunDir(out), resolve(base=config), None
     run, explicit = find_run_dir(resume)
     saved = load_run_config(run)
+    wanted = saved
     if config is not None:
-        refused = [k for k in changed_keys(saved, config) if k not in RESUME_SAFE_KEYS]
+        refused = [k for k in changed_keys(saved, config) if k not in RESUME_SAFE_KEYS + RESUME_RESPLIT_KEYS]
         if refused:
             raise ConfigError(f"a resumed run keeps its own config; it differs in {', '.join(refused[:5])}. Only "
                               f"{', '.join(RESUME_SAFE_KEYS)} may change on resume (--extend-steps N trains longer)")
-        saved = config
+        wanted = config
     skipped: list[tuple[Path, str]] = []
     if explicit is not None:
         verify_checkpoint(explicit)  # named by the user: no fallback, a corrupt one is an error
@@ -179,12 +194,21 @@ def _resolve_run(config: Config | None, out, resume, extend_steps) -> tuple[RunD
     for path, reason in skipped:
         print(f"warning: checkpoint {path} is unusable ({reason}); resuming from {checkpoint} instead",
               file=sys.stderr)
-    step = int(read_trainer_state(checkpoint).get("step", 0))
+    state = read_trainer_state(checkpoint)
+    step = int(state.get("step", 0))
     if extend_steps is not None:
         if extend_steps <= step:
             raise ConfigError(f"--extend-steps {extend_steps} must exceed the run's current step {step}")
-        saved = resolve(base=saved, values={"train.max_steps": extend_steps})
-    return run, resolve(base=saved), checkpoint
+        wanted = resolve(base=wanted, values={"train.max_steps": extend_steps})
+    proc = process_info()
+    wanted, note = keep_global_batch(resolve(base=wanted), saved, recorded_global_batch(state, saved), proc.world_size)
+    val_rows = recorded_validation_rows(state, saved)
+    if val_rows < proc.world_size:
+        raise ConfigError(f"this run's validation batches have {val_rows} rows, fewer than the {proc.world_size} "
+                          f"processes that would score them; resume it on at most {val_rows} processes")
+    if note and proc.is_main:
+        print(f"note: {note}", file=sys.stderr)
+    return run, wanted, checkpoint
 
 
 def _record_fla_source(config: Config, fla: dict) -> Config:

@@ -30,9 +30,10 @@ def train_step(forward: Callable[..., torch.Tensor], model: nn.Module, optimizer
                micro_batches: Iterable[torch.Tensor], precision: Precision, grad_clip: float,
                guard: NonFiniteGuard, no_sync: Callable[[], contextlib.AbstractContextManager] | None = None
                ) -> StepResult:
-    """`forward(inputs, labels) -> loss` (the model, its compiled or DDP form); each batch is [B, T + 1] tokens.
+    """`forward(inputs, labels) -> loss` (the model, its compiled, DDP or FSDP2 form); each batch is [B, T + 1]
+    tokens.
 
-    `no_sync` (DDP's) skips the gradient all-reduce on every micro-batch but the last."""
+    `no_sync` (train/parallel.py) skips the gradient reduction on every micro-batch but the last."""
     batches = list(micro_batches)
     total = torch.zeros((), device=precision.device)
     for i, batch in enumerate(batches):
@@ -45,6 +46,8 @@ def train_step(forward: Callable[..., torch.Tensor], model: nn.Module, optimizer
         total += loss.detach().float() / len(batches)
     max_norm = grad_clip if grad_clip > 0 else math.inf  # inf: the norm only, gradients unchanged
     grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
+    if hasattr(grad_norm, "full_tensor"):  # FSDP2: a DTensor of the norm over all shards
+        grad_norm = grad_norm.full_tensor()
     finite = guard.finite(total, grad_norm)
     guard.step_optimizer(optimizer, finite)
     optimizer.zero_grad(set_to_none=True)
@@ -58,3 +61,25 @@ def loss_of(model: nn.Module) -> Callable[[torch.Tensor, torch.Tensor], torch.Te
         return model(inputs, labels=labels, return_logits=False).loss
 
     return forward
+
+
+def validation_stats(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor
+                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(summed loss, argmax hits, counted targets) of one batch, through the model's own forward.
+
+    The LM head is scored on the backbone's output inside `model(...)`, where FSDP2 has gathered the
+    root's weights (embeddings, LM head), so the same call serves a plain, DDP'd or sharded model; no
+    logits tensor is made."""
+    from hybridlm.ops.cross_entropy import linear_cross_entropy_stats
+
+    stats = []
+
+    def score(module, args, hidden):
+        stats.append(linear_cross_entropy_stats(hidden, model.lm_head.weight, labels))
+
+    handle = model.model.register_forward_hook(score)
+    try:
+        model(inputs, return_logits=False)
+    finally:
+        handle.remove()
+    return stats[0]

@@ -19,17 +19,17 @@ import torch
 from hybridlm.config import Config
 from hybridlm.errors import DataExhausted, NonFiniteError
 from hybridlm.model.accounting import count_parameters, flops_per_token
-from hybridlm.ops.cross_entropy import linear_cross_entropy_stats
 from hybridlm.runs.run_dir import RunDir
 from hybridlm.runs import checkpoint as ckpt
 from hybridlm.train.distributed import process_info
+from hybridlm.train.full_state import gather_model_state, gather_optimizer_state, set_model_state, set_optimizer_state
 from hybridlm.train.precision import Precision
 from hybridlm.train.progress import Progress
 from hybridlm.train.schedule import lr_at
-from hybridlm.train.parallel import agree_any, all_reduce_sum
+from hybridlm.train.parallel import agree_any, all_reduce_sum, is_sharded
 from hybridlm.train.signals import GracefulStop
 from hybridlm.train.setup import TrainingParts
-from hybridlm.train.step import StepResult, train_step
+from hybridlm.train.step import StepResult, train_step, validation_stats
 
 PEAK_BF16_FLOPS = {"H100": 989e12, "H200": 989e12, "H800": 989e12, "A100": 312e12, "L40S": 362e12,
                    "RTX 4090": 165e12}
@@ -55,6 +55,9 @@ class TrainState:
     sampler: dict | None = None
     interval: dict | None = None     # the log interval in progress: loss_sum, steps, tokens
     nonfinite: dict | None = None    # the guard's counters (skipped updates)
+    global_batch: int | None = None  # windows per step (batch x accum x ranks): kept on resume (global_batch.py)
+    val_batch_rows: int | None = None  # rows of each fixed validation batch, kept on resume
+    world_size: int | None = None    # processes of the run that wrote it (a record: any number may resume)
 
     def to_json(self) -> dict[str, Any]:
         out = dict(self.__dict__)
@@ -72,7 +75,8 @@ class TrainState:
 
 class Trainer:
     def __init__(self, config: Config, run: RunDir, parts: TrainingParts, precision: Precision, sampler,
-                 val_batches: list[torch.Tensor], progress: bool | None = None, stop: GracefulStop | None = None):
+                 val_batches: list[torch.Tensor], progress: bool | None = None, stop: GracefulStop | None = None,
+                 val_batch_rows: int | None = None):
         self.config = config
         self.run = run
         self.model = parts.model
@@ -87,7 +91,10 @@ class Trainer:
         self.proc = process_info()
         t = config.train
         self.state = TrainState()
-        self.tokens_per_step = t.batch_size * t.grad_accum * config.data.seq_len * self.proc.world_size
+        self.global_batch = t.batch_size * t.grad_accum * self.proc.world_size
+        self.val_batch_rows = val_batch_rows or t.batch_size * self.proc.world_size
+        self._record_shape()
+        self.tokens_per_step = self.global_batch * config.data.seq_len
         self.flops_per_token = flops_per_token(config.model, config.data.seq_len)
         self.peak_flops = peak_flops(self.device)
         self.progress = Progress(total=t.max_steps, enabled=progress, is_main=self.proc.is_main)
@@ -99,18 +106,28 @@ class Trainer:
 
     # ----------------------------------------------------------------- resume
     def restore(self, checkpoint: Path) -> None:
-        """Everything a checkpoint holds; one-line errors (corrupt file, non-finite weights) before any training."""
-        ckpt.load_model_weights(checkpoint, self.model)
-        bad = ckpt.first_non_finite(self.model.state_dict().items())
+        """Everything a checkpoint holds; one-line errors (corrupt file, non-finite weights) before any training.
+
+        Every rank reads the full state and keeps its part (its shards under FSDP2), so a checkpoint written by
+        any number of ranks resumes on any other."""
+        tensors = ckpt.read_model_state(checkpoint, self.model)
+        bad = ckpt.first_non_finite(tensors.items())
         if bad is not None:
             raise NonFiniteError(f"{checkpoint} holds non-finite weights (e.g. {bad}); resume from an earlier "
                                  f"checkpoint with --resume {checkpoint.parent}/step_NNNNNN")
-        ckpt.load_optimizer_state(checkpoint, self.optimizer)
+        optimizer_state = ckpt.read_optimizer_state(checkpoint, self.optimizer)
+        set_model_state(self.model, tensors)
+        set_optimizer_state(self.model, self.optimizer, optimizer_state)
         ckpt.restore_rng(checkpoint)
         self.state = TrainState.from_json(ckpt.read_trainer_state(checkpoint))
+        self._record_shape()
         if self.state.sampler is not None:
             self.sampler.load_state_dict(self.state.sampler)
         self.guard.load_state_dict(self.state.nonfinite)
+
+    def _record_shape(self) -> None:
+        self.state.global_batch, self.state.val_batch_rows = self.global_batch, self.val_batch_rows
+        self.state.world_size = self.proc.world_size
 
     # ------------------------------------------------------------------- loop
     def fit(self) -> dict[str, Any]:
@@ -165,8 +182,10 @@ class Trainer:
                           "tokens_per_s": tps, "time_s": self.state.train_time_s}
                 if t.nan_policy == "skip":
                     record["skipped_updates"] = skipped
-                if self.peak_flops:
-                    record["mfu"] = tps * self.flops_per_token / self.peak_flops
+                if self.proc.world_size > 1:
+                    record["tokens_per_s_per_process"] = tps / self.proc.world_size
+                if self.peak_flops:  # one GPU's peak: the share of the tokens one process computes
+                    record["mfu"] = tps / self.proc.world_size * self.flops_per_token / self.peak_flops
                 self._log(record)
                 self.progress.update(step, loss=mean_loss if mean_loss is not None else math.nan, lr=lr, tokens_per_s=tps)
                 interval["loss"].zero_()
@@ -229,11 +248,12 @@ class Trainer:
         for batch in self.val_batches:  # this rank's rows of each global validation batch (launch.py)
             batch = batch.to(self.device, non_blocking=True)
             with self.precision.autocast():
-                hidden = model.model(batch[:, :-1])
-                s, h, c = linear_cross_entropy_stats(hidden, model.lm_head.weight, batch[:, 1:])
+                s, h, c = validation_stats(model, batch[:, :-1], batch[:, 1:])
             loss_sum += s.double()
             hits += h
             count += c
+        if is_sharded(model):
+            model.reshard()  # the root's gathered weights (embeddings, LM head) are not needed until the next step
         model.train(was_training)
         all_reduce_sum(loss_sum, hits, count)  # the same numbers as one process over all the batches
         val_loss = (loss_sum / count.clamp(min=1)).item()
@@ -265,10 +285,13 @@ class Trainer:
             all_reduce_sum(loss_sum, finite)  # every rank's part of the interval in progress
             self.state.interval = {"loss_sum": float(loss_sum), "finite": int(finite),
                                    "steps": interval["steps"], "tokens": interval["tokens"]}
+        # the full state, gathered from every rank's shards under FSDP2 (a collective: every rank is here)
+        model_state = gather_model_state(self.model)
+        optimizer_state = gather_optimizer_state(self.model, self.optimizer) if with_optimizer else None
         if not self.proc.is_main:
             return path
         trainer_state = {**self.state.to_json(), "config": self.config.to_dict()}
-        return ckpt.save_checkpoint(path, self.model, self.optimizer if with_optimizer else None, trainer_state)
+        return ckpt.save_checkpoint(path, model_state, optimizer_state, trainer_state)
 
     def _log(self, record: dict[str, Any]) -> None:
         if not self.proc.is_main:
@@ -308,7 +331,8 @@ class Trainer:
                 "tokens_processed": s.tokens,
                 "tokens_per_s": tps,
                 "tokens_per_s_steady": steady,
-                "mfu": tps * self.flops_per_token / self.peak_flops if (tps and self.peak_flops) else None,
+                "mfu": (tps / self.proc.world_size * self.flops_per_token / self.peak_flops
+                        if (tps and self.peak_flops) else None),
                 "flops_per_token": self.flops_per_token,
                 "stopped_early": self.stopped_early,
                 "first_step_s": self.first_step_s,
