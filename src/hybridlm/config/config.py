@@ -73,6 +73,11 @@ class Config(ReadOnlyWhenResolved):
             raise ConfigError(f"data.val_fraction must be within (0, 1), got {d.val_fraction}")
         if d.on_exhausted not in ("repeat", "stop"):
             raise ConfigError(f"data.on_exhausted must be 'repeat' or 'stop', got {d.on_exhausted!r}")
+        if d.packing not in ("stream", "documents"):
+            raise ConfigError(f"data.packing must be 'stream' or 'documents', got {d.packing!r}")
+        if d.packing == "documents" and t.compile is True and "gdn" in self.model.layer_types:
+            raise ConfigError("data.packing = 'documents' cannot run compiled GDN blocks yet; set train.compile "
+                              "to 'auto' (compiles attention blocks only) or false")
         return self
 
     def freeze(self) -> "Config":

@@ -17,6 +17,8 @@ class DataConfig(ReadOnlyWhenResolved):
     ``hf:NAME[:CONFIG][:SPLIT]`` for a Hugging Face dataset (streamed, capped by `doc_limit`).
     `tokenizer` forms: ``gpt2``, ``bpe:VOCAB`` (trained on the training text), a local
     ``tokenizer.json`` path or a Hugging Face hub tokenizer name.
+    `packing`: ``stream`` (windows of the token stream, the seed's behaviour) or ``documents`` (the same
+    windows with their document boundaries, which no layer crosses; data/packing.py).
     """
 
     source: str = "embedded"
@@ -29,3 +31,4 @@ class DataConfig(ReadOnlyWhenResolved):
     on_exhausted: str = "repeat"
     cache_dir: str | None = None
     num_workers: int = 0
+    packing: str = "stream"

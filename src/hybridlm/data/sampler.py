@@ -12,6 +12,9 @@ epoch continues with the start of the next permutation, so with "repeat" no wind
 and none is served twice in an epoch; with "stop" the first step that would need the next epoch
 raises `DataExhausted` instead (the last n mod (batch_size*world_size) windows go unused).
 The whole state is one integer, the stream position, which makes resuming exact.
+
+With packing "documents" (data/packing.py) the same windows come as a `DocumentBatch`: flattened, with
+their document boundaries and the cross-document targets masked; the order and the state are the same.
 """
 
 from __future__ import annotations
@@ -22,6 +25,8 @@ import numpy as np
 import torch
 
 from hybridlm.errors import DataError, DataExhausted
+
+from .packing import DocumentBatch, batch_for, check_packing
 
 _STATE_VERSION = 1
 
@@ -36,13 +41,15 @@ class TrainSampler:
 
     def __init__(self, tokens: np.ndarray, batch_size: int, seq_len: int, seed: int,
                  on_exhausted: str = "repeat", rank: int = 0, world_size: int = 1,
-                 pin_memory: bool = False) -> None:
+                 pin_memory: bool = False, packing: str = "stream", eos_id: int | None = None) -> None:
         if batch_size < 1 or seq_len < 1:
             raise DataError(f"batch_size {batch_size} and seq_len {seq_len} must be positive; fix the config")
         if world_size < 1 or not 0 <= rank < world_size:
             raise DataError(f"rank {rank} is not in range for world_size {world_size}; check the launcher")
         if on_exhausted not in ("repeat", "stop"):
             raise DataError(f"data.on_exhausted is {on_exhausted!r}; use 'repeat' or 'stop'")
+        check_packing(packing, eos_id)
+        self.packing, self.eos_id = packing, eos_id
         self.num_windows = window_count(len(tokens), seq_len)
         if self.num_windows < 1:
             raise DataError(f"seq_len {seq_len} is larger than the training split ({len(tokens)} tokens); "
@@ -78,8 +85,9 @@ class TrainSampler:
     def steps_per_epoch(self) -> float:
         return self.num_windows / self.global_batch_size
 
-    def next_batch(self) -> torch.Tensor:
-        """The next `[batch_size, seq_len + 1]` int64 batch (pinned if `pin_memory` and CUDA)."""
+    def next_batch(self) -> torch.Tensor | DocumentBatch:
+        """The next `[batch_size, seq_len + 1]` int64 batch (pinned if `pin_memory` and CUDA); with packing
+        "documents" the same windows as a `DocumentBatch`."""
         start, end = self.position, self.position + self.global_batch_size
         if self.on_exhausted == "stop" and end > self.num_windows:
             raise DataExhausted(f"training data exhausted after {self.num_windows} windows of {self.seq_len + 1} "
@@ -94,7 +102,10 @@ class TrainSampler:
         index = window_ids[:, None] * self.seq_len + self._offsets
         batch.numpy()[...] = self.tokens[index]
         self.position = end
-        return batch
+        if self.packing == "stream":
+            return batch
+        packed = batch_for(batch, self.packing, self.eos_id)
+        return packed.pin_memory() if self.pin_memory else packed
 
     def _window_ids(self, stream_positions: np.ndarray) -> np.ndarray:
         epochs = stream_positions // self.num_windows
@@ -147,6 +158,8 @@ def validation_batches(val_tokens: np.ndarray, batch_size: int, seq_len: int,
     """`num_batches` fixed `[batch_size, seq_len + 1]` batches, evenly spaced over the validation split.
 
     They depend only on the arguments, so every run and architecture is scored on the same windows.
+    With packing "documents", `packing.batch_for` turns each (or each rank's rows of it) into a
+    `DocumentBatch`, so validation is packed as training is.
     """
     if batch_size < 1 or num_batches < 1:
         raise DataError(f"validation batch_size {batch_size} and num_batches {num_batches} must be positive")
@@ -167,6 +180,8 @@ def validation_batches(val_tokens: np.ndarray, batch_size: int, seq_len: int,
     return list(rows.view(num_batches, batch_size, seq_len + 1).unbind(0))
 
 
-def to_device(batch: torch.Tensor, device: torch.device | str) -> torch.Tensor:
+def to_device(batch: torch.Tensor | DocumentBatch, device: torch.device | str) -> torch.Tensor | DocumentBatch:
     """Move a batch to `device`; asynchronous when it comes from pinned memory (CUDA)."""
+    if isinstance(batch, DocumentBatch):
+        return batch.to(device, non_blocking=True)
     return batch.to(device, non_blocking=batch.is_pinned())

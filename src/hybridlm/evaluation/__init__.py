@@ -1,4 +1,5 @@
-"""Benchmarks scored as lm-eval scores them: ARC, HellaSwag, LAMBADA, PIQA and validation perplexity.
+"""Benchmarks scored as lm-eval scores them: ARC, HellaSwag, LAMBADA, PIQA and validation perplexity;
+and long-context checks: loss against position and passkey retrieval (docs/long-context.md).
 
     results = evaluate(model, tokenizer, "arc_challenge,hellaswag", data_dir="builtin-subsets")
     columns = read_eval("runs/tiny")        # {"arc_challenge/acc_norm": 0.25, ...} or None

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 from datetime import datetime, timezone
+from typing import TYPE_CHECKING
 from pathlib import Path
 
 from torch import nn
@@ -19,14 +21,27 @@ from hybridlm.errors import HybridLMError
 from hybridlm.evaluation import metrics
 from hybridlm.evaluation.encoding import Tokenizer, encode_pair
 from hybridlm.evaluation.scoring import model_device, model_window, scoring_precision, score_requests
-from hybridlm.evaluation.tasks import LAST_WORD, MULTIPLE_CHOICE, VALIDATION_PERPLEXITY, Example, TaskSpec, parse_tasks
+from hybridlm.evaluation.tasks import (
+    LAST_WORD,
+    MULTIPLE_CHOICE,
+    PASSKEY,
+    POSITION_LOSS,
+    VALIDATION_PERPLEXITY,
+    Example,
+    TaskSpec,
+    parse_tasks,
+)
+
+if TYPE_CHECKING:  # pragma: no cover
+    from hybridlm.evaluation.passkey import PasskeySettings
 
 
 def evaluate(model: nn.Module, tokenizer: Tokenizer, tasks: str | Sequence[str], limit: int | None = None,
              batch_size: int = 16, data_dir: str | Path | None = None, num_fewshot: int = 0,
              run_dir: str | Path | None = None, max_length: int | None = None, checkpoint: str | None = None,
              use_hub: bool = True, keep_samples: bool = False, progress: bool = False, save: bool = True,
-             precision: str = "auto") -> dict:
+             precision: str = "auto", position_bins: str | int = "log",
+             passkey: PasskeySettings | None = None) -> dict:
     """Metrics of `model` on `tasks` ('arc_challenge,hellaswag' or a list).
 
     `limit`: score only the first N documents (N windows for val_ppl). `max_length`: the context
@@ -34,6 +49,9 @@ def evaluate(model: nn.Module, tokenizer: Tokenizer, tasks: str | Sequence[str],
     the exported checkpoint, so `hybridlm eval` and `lm_eval --model hf` agree. With `run_dir` and
     `save`, the results are merged into DIR/eval.json. `precision`: auto (bf16 autocast on CUDA, float32
     on CPU) | fp32 | bf16, for the backbone; the LM head and log-softmax are always float32.
+    Long-context tasks: `position_loss` scores windows of `max_length` tokens (default the trained
+    seq_len) in `position_bins` ('log' or a width); `passkey` takes a `PasskeySettings` (default: 4K-64K
+    up to the trained length); both see docs/long-context.md.
     """
     from hybridlm import __version__
 
@@ -60,6 +78,11 @@ def evaluate(model: nn.Module, tokenizer: Tokenizer, tasks: str | Sequence[str],
             entry = validation_perplexity(model, run_dir, batch_size=batch_size, limit=limit, progress=progress,
                                           precision=precision)
             entry["settings"] = {**common, "num_fewshot": 0, "date": _now()}
+        elif spec.kind in (POSITION_LOSS, PASSKEY):
+            entry = _long_context_task(model, tokenizer, spec, run_dir, checkpoint, limit, batch_size, max_length,
+                                       precision, position_bins, passkey, progress)
+            longest = entry["seq_len"] if spec.kind == POSITION_LOSS else max(entry["passkey"]["lengths"])
+            entry["settings"] = {**common, "num_fewshot": 0, "max_length": longest, "date": _now()}
         else:
             entry = _score_task(model, tokenizer, spec, limit, batch_size, data_dir, num_fewshot, window,
                                 use_hub, keep_samples, progress, precision)
@@ -72,6 +95,48 @@ def evaluate(model: nn.Module, tokenizer: Tokenizer, tasks: str | Sequence[str],
 
         write_eval(run_dir, results)
     return results
+
+
+def _long_context_task(model: nn.Module, tokenizer: Tokenizer, spec: TaskSpec, run_dir, checkpoint: str | None,
+                       limit: int | None, batch_size: int, max_length: int | None, precision: str,
+                       position_bins: str | int, passkey: PasskeySettings | None, progress: bool) -> dict:
+    if spec.kind == POSITION_LOSS:
+        if run_dir is None:
+            raise HybridLMError("position_loss needs the run directory (run_dir / --run) to rebuild its validation "
+                                "windows")
+        from hybridlm.evaluation.position_loss import position_loss
+
+        return position_loss(model, run_dir, bins=position_bins, seq_len=max_length, limit=limit,
+                             batch_size=batch_size, precision=precision,
+                             checkpoint=_checkpoint_path(run_dir, checkpoint), progress=progress)
+    from hybridlm.evaluation.passkey import PasskeySettings, lengths_up_to
+    from hybridlm.evaluation.passkey_score import score_passkey
+
+    passkey = passkey or PasskeySettings()
+    if not passkey.lengths:
+        trained = _trained_length(run_dir) or max_length or model_window(model)
+        passkey = replace(passkey, lengths=lengths_up_to(trained))
+    if limit is not None:  # --limit N: at most N prompts per (length, depth)
+        passkey = replace(passkey, samples=min(passkey.samples, limit))
+    return score_passkey(model, tokenizer, passkey, batch_size=batch_size, precision=precision, progress=progress)
+
+
+def _checkpoint_path(run_dir, checkpoint: str | None) -> Path | None:
+    from hybridlm.errors import CheckpointError
+    from hybridlm.runs import RunDir
+
+    try:
+        return RunDir(run_dir).resolve_checkpoint(checkpoint or "best")
+    except CheckpointError:
+        return None
+
+
+def _trained_length(run_dir) -> int | None:
+    if run_dir is None:
+        return None
+    from hybridlm.runs import RunDir, load_run_config
+
+    return load_run_config(RunDir(run_dir)).data.seq_len
 
 
 def _score_task(model: nn.Module, tokenizer: Tokenizer, spec: TaskSpec, limit: int | None, batch_size: int,

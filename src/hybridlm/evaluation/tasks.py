@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from hybridlm.errors import HybridLMError
 
 MULTIPLE_CHOICE, LAST_WORD, VALIDATION_PERPLEXITY = "multiple_choice", "last_word", "validation_perplexity"
+POSITION_LOSS, PASSKEY = "position_loss", "passkey"  # long-context checks (position_loss.py, passkey.py)
 TARGET_DELIMITER = " "  # lm-eval's default target_delimiter
 FEWSHOT_DELIMITER = "\n\n"  # lm-eval's default fewshot_delimiter
 
@@ -111,6 +112,8 @@ TASKS: dict[str, TaskSpec] = {
         hub=(("baber/piqa", None), ("ybisk/piqa", None)), olmo_dir="piqa/none",
         fewshot_splits=("train", "validation"), to_example=piqa_example),
     "val_ppl": TaskSpec("val_ppl", VALIDATION_PERPLEXITY, "validation", "", ""),
+    "position_loss": TaskSpec("position_loss", POSITION_LOSS, "validation", "", ""),
+    "passkey": TaskSpec("passkey", PASSKEY, "synthetic", "", ""),
 }
 ALIASES = {"lambada_openai": "lambada", "arc-challenge": "arc_challenge", "arc-easy": "arc_easy"}
 

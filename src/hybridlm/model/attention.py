@@ -23,6 +23,7 @@ from hybridlm.config.model_config import ModelConfig
 from hybridlm.model.cache import KVCache
 from hybridlm.model.rotary import RotaryEmbedding, apply_rotary, rotary_cos_sin
 from hybridlm.ops.attention import causal_attention
+from hybridlm.ops.documents import positions_in_documents
 
 # The one-query step never takes cuDNN's attention (it plans per shape; the issue measured 14.7 ms a call)
 STEP_BACKENDS = [SDPBackend.EFFICIENT_ATTENTION, SDPBackend.FLASH_ATTENTION, SDPBackend.MATH]
@@ -45,17 +46,23 @@ class Attention(nn.Module):
         self.o_proj = nn.Linear(hidden, hidden, bias=False)
         self.rotary = RotaryEmbedding(self.head_dim, a.rope_theta)
 
-    def forward(self, x: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cache: KVCache | None = None,
+                cu_seqlens: torch.Tensor | None = None) -> torch.Tensor:
+        """x [B, T, hidden]. `cu_seqlens` (training / scoring of packed documents, B = 1): each document
+        attends within itself, its RoPE positions counted from its start."""
         b, t, _ = x.shape
+        if cache is not None and cu_seqlens is not None:
+            raise ValueError("packed documents (cu_seqlens) are for training and scoring, not with a KV cache")
         if cache is not None and t == 1:
             return self.o_proj(self._step(x, cache).transpose(1, 2).reshape(b, 1, -1))
         q = self.q_proj(x).view(b, t, self.num_heads, self.head_dim)
         k = self.k_proj(x).view(b, t, self.num_kv_heads, self.head_dim)
         v = self.v_proj(x).view(b, t, self.num_kv_heads, self.head_dim)
         if cache is None:  # training, scoring
-            q, k = self.rotary(q, k)
+            positions = None if cu_seqlens is None else positions_in_documents(cu_seqlens, t)
+            q, k = self.rotary(q, k, positions=positions)
             q, k, v = (z.transpose(1, 2) for z in (q, k, v))
-            o = causal_attention(q, k, v, self.window_size, self.num_kv_heads != self.num_heads)
+            o = causal_attention(q, k, v, self.window_size, self.num_kv_heads != self.num_heads, cu_seqlens)
         else:
             o = self._chunk(q, k, v, cache)
         return self.o_proj(o.transpose(1, 2).reshape(b, t, -1))

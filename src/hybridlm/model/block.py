@@ -22,7 +22,10 @@ class Block(nn.Module):
         self.mlp_norm = RMSNorm(config.hidden_size, eps=config.norm_eps)
         self.mlp = SwiGLU(config.hidden_size, config.mlp_intermediate_size)
 
-    def forward(self, x: torch.Tensor, cache: dict | None = None) -> torch.Tensor:
-        update = self.attn(self.attn_norm(x), cache=cache)
+    def forward(self, x: torch.Tensor, cache: dict | None = None,
+                cu_seqlens: torch.Tensor | None = None) -> torch.Tensor:
+        """`cu_seqlens`: packed documents (B = 1), passed to the mixer only when given."""
+        varlen = {} if cu_seqlens is None else {"cu_seqlens": cu_seqlens}
+        update = self.attn(self.attn_norm(x), cache=cache, **varlen)
         hidden, x = self.mlp_norm.add_and_norm(update, x)  # x + update, normalised: fused on CUDA
         return x + self.mlp(hidden)

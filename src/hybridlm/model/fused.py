@@ -44,17 +44,24 @@ def load() -> dict:
     return kernels
 
 
-def gdn_train(q, k, v, a, b, A_log, dt_bias, allow_neg_eigval):
+def gdn_train(q, k, v, a, b, A_log, dt_bias, allow_neg_eigval, cu_seqlens=None):
     """FLA's chunk kernel with the gates and q/k norms fused in, as FLA's GatedDeltaNet layer calls it
-    (FLA's own autograd.Function, which keeps its intermediates for the backward)."""
-    return fla_function_with_raw_gates(q, k, v, a, b, A_log, dt_bias, allow_neg_eigval)
+    (FLA's own autograd.Function, which keeps its intermediates for the backward); `cu_seqlens`
+    (packed documents, batch 1) takes FLA's varlen path."""
+    return fla_function_with_raw_gates(q, k, v, a, b, A_log, dt_bias, allow_neg_eigval, cu_seqlens)
 
 
-def gdn_train_op(q, k, v, a, b, A_log, dt_bias, allow_neg_eigval):
+def gdn_train_op(q, k, v, a, b, A_log, dt_bias, allow_neg_eigval, cu_seqlens=None):
     """The same call through the `hybridlm::gdn_chunk` custom op, for compiled blocks: Dynamo traces
     through it where FLA's function (marked torch.compiler.disable) would break the graph. It recomputes
     FLA's small intermediates in its backward instead of saving them (`hybridlm verify`'s compile rows
-    check it against `gdn_train`)."""
+    check it against `gdn_train`). The op has no varlen form yet: packed documents are refused."""
+    if cu_seqlens is not None:
+        from hybridlm.errors import BackendError
+
+        raise BackendError("compiled GDN blocks cannot take packed documents (cu_seqlens) yet; set "
+                           "train.compile = false (or \"auto\", which compiles only attention blocks) with "
+                           "data.packing = \"documents\"")
     return torch.ops.hybridlm.gdn_chunk(q, k, v, a, b, A_log, dt_bias, allow_neg_eigval)
 
 
@@ -85,9 +92,11 @@ def gated_rms_norm(x: torch.Tensor, gate: torch.Tensor, weight: torch.Tensor, ep
     return load()["rms_norm_gated"](x, gate, weight, None, activation="swish", eps=eps)
 
 
-def short_conv(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """Causal depthwise conv + SiLU for a whole sequence (no cache); weight [D, 1, K]."""
-    y, _ = load()["causal_conv1d"](x=x, weight=weight.to(x.dtype).squeeze(1), activation="silu")
+def short_conv(x: torch.Tensor, weight: torch.Tensor, cu_seqlens: torch.Tensor | None = None) -> torch.Tensor:
+    """Causal depthwise conv + SiLU for a whole sequence (no cache); weight [D, 1, K]. With `cu_seqlens`
+    (batch 1) FLA's varlen path restarts the convolution at each document."""
+    varlen = {} if cu_seqlens is None else {"cu_seqlens": cu_seqlens}
+    y, _ = load()["causal_conv1d"](x=x, weight=weight.to(x.dtype).squeeze(1), activation="silu", **varlen)
     return y
 
 

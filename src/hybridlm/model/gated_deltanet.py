@@ -100,23 +100,30 @@ class GatedDeltaNet(nn.Module):
         cache.store_conv_inputs(qkv)
         return y
 
-    def _train_forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Training and scoring (no state): gates and q/k norms fused into FLA's chunk kernel."""
+    def _train_forward(self, x: torch.Tensor, cu_seqlens: torch.Tensor | None = None) -> torch.Tensor:
+        """Training and scoring (no state): gates and q/k norms fused into FLA's chunk kernel. With
+        `cu_seqlens` (packed documents, B = 1) the convolutions and the state restart at each document;
+        without, the calls are exactly those of before packing existed."""
         b, t, _ = x.shape
+        varlen = {} if cu_seqlens is None else {"cu_seqlens": cu_seqlens}
         convs = (self.q_conv1d, self.k_conv1d, self.v_conv1d) if self.use_short_conv else (None,) * 3
-        q, k, v = (self.kernels.short_conv(proj(x), conv.weight) if conv is not None else F.silu(proj(x))
+        q, k, v = (self.kernels.short_conv(proj(x), conv.weight, **varlen) if conv is not None else F.silu(proj(x))
                    for proj, conv in zip((self.q_proj, self.k_proj, self.v_proj), convs))
         q = q.view(b, t, self.num_heads, self.head_k_dim)
         k = k.view(b, t, self.num_heads, self.head_k_dim)
         v = v.view(b, t, self.num_v_heads, self.head_v_dim)
         o = self.kernels.gdn_train(q, k, v, self.a_proj(x), self.b_proj(x), self.A_log, self.dt_bias,
-                                   self.allow_neg_eigval)
+                                   self.allow_neg_eigval, **varlen)
         return self._output(o, self.g_proj(x) if self.use_gate else None)
 
-    def forward(self, x: torch.Tensor, cache: GDNCache | None = None) -> torch.Tensor:
-        """x: [B, T, hidden]. `cache` (updated in place) carries the state between calls."""
+    def forward(self, x: torch.Tensor, cache: GDNCache | None = None,
+                cu_seqlens: torch.Tensor | None = None) -> torch.Tensor:
+        """x: [B, T, hidden]. `cache` (updated in place) carries the state between calls; `cu_seqlens`
+        (training and scoring only, B = 1) marks packed documents that share nothing."""
+        if cache is not None and cu_seqlens is not None:
+            raise ValueError("packed documents (cu_seqlens) are for training and scoring, not with a cache")
         if cache is None:
-            return self._train_forward(x)
+            return self._train_forward(x, cu_seqlens)
         cache.ensure(x)
         if x.shape[1] == 1:
             return self._step(x, cache)

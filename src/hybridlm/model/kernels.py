@@ -24,6 +24,7 @@ import torch.nn.functional as F
 
 from hybridlm.errors import BackendError
 from hybridlm.ops.cross_entropy import linear_cross_entropy as torch_linear_cross_entropy
+from hybridlm.ops.documents import positions_in_documents
 from hybridlm.ops.decode_step import fla_gdn_step, fla_short_conv_step, torch_gdn_step, torch_short_conv_step
 from hybridlm.ops.gated_delta_rule import gated_delta_rule, gated_delta_rule_with_gates
 
@@ -55,24 +56,31 @@ def torch_swiglu(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
     return F.silu(gate) * up
 
 
-def torch_short_conv(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+def torch_short_conv(x: torch.Tensor, weight: torch.Tensor, cu_seqlens: torch.Tensor | None = None) -> torch.Tensor:
     """silu(causal depthwise conv(x)) over a whole sequence from zeros; x [B, T, D], weight [D, 1, K].
 
     Written as K shifted multiply-adds in float32: Inductor fuses them (and the silu, and the split
     of the projection that feeds them) into one kernel forward and one backward, where F.conv1d's
-    depthwise backward is a slow cuDNN call."""
+    depthwise backward is a slow cuDNN call. With `cu_seqlens` (packed documents, batch 1) the tap
+    that reaches s positions back is dropped wherever that is before the document's start, so every
+    document starts from zeros as if alone."""
     k, t = weight.shape[-1], x.shape[1]
     acc = torch.promote_types(x.dtype, torch.float32)
     w = weight.to(acc).squeeze(1)  # [D, K]
     padded = F.pad(x.to(acc), (0, 0, k - 1, 0))
+    in_document = None if cu_seqlens is None else positions_in_documents(cu_seqlens, t)[None, :, None]
     y = padded[:, k - 1:] * w[:, k - 1]
     for j in range(k - 1):
-        y = y + padded[:, j:j + t] * w[:, j]
+        tap = padded[:, j:j + t] * w[:, j]
+        if in_document is not None:  # this tap reads k-1-j positions back
+            tap = tap * (in_document >= k - 1 - j)
+        y = y + tap
     return F.silu(y).to(x.dtype)
 
 
-def torch_gdn_train(q, k, v, a, b, A_log, dt_bias, allow_neg_eigval):
-    return gated_delta_rule_with_gates(q, k, v, a, b, A_log, dt_bias, allow_neg_eigval, backend="torch")
+def torch_gdn_train(q, k, v, a, b, A_log, dt_bias, allow_neg_eigval, cu_seqlens=None):
+    return gated_delta_rule_with_gates(q, k, v, a, b, A_log, dt_bias, allow_neg_eigval, backend="torch",
+                                       cu_seqlens=cu_seqlens)
 
 
 def torch_gdn(q, k, v, g, beta, initial_state, output_final_state):
@@ -85,9 +93,9 @@ def torch_gdn(q, k, v, g, beta, initial_state, output_final_state):
 class Kernels:
     """One function per piece of the model that has a fast kernel; `names` says which runs."""
 
-    gdn_train: Callable = torch_gdn_train          # (q, k, v, a_raw, b_raw, A_log, dt_bias, neg) -> o
+    gdn_train: Callable = torch_gdn_train          # (q, k, v, a_raw, b_raw, A_log, dt_bias, neg, cu_seqlens=None) -> o
     gdn: Callable = torch_gdn                      # (q, k, v, g, beta, state, output_state) -> (o, state)
-    short_conv: Callable = torch_short_conv        # (x, weight) -> silu(conv(x)), no cache
+    short_conv: Callable = torch_short_conv        # (x, weight, cu_seqlens=None) -> silu(conv(x)), no cache
     # decoding, one token, the state updated in place (ops/decode_step.py):
     gdn_step: Callable = torch_gdn_step            # (q, k, v, a_raw, b_raw, A_log, dt_bias, neg, state) -> o
     short_conv_step: Callable = torch_short_conv_step  # (x [B, D], weight, conv_state [B, D, K]) -> y

@@ -36,10 +36,12 @@ class Backbone(nn.Module):
         self.layers = nn.ModuleList(Block(config, i) for i in range(config.num_hidden_layers))
         self.norm = RMSNorm(config.hidden_size, eps=config.norm_eps)
 
-    def forward(self, input_ids: torch.Tensor, cache: ModelCache | None = None) -> torch.Tensor:
+    def forward(self, input_ids: torch.Tensor, cache: ModelCache | None = None,
+                cu_seqlens: torch.Tensor | None = None) -> torch.Tensor:
+        varlen = {} if cu_seqlens is None else {"cu_seqlens": cu_seqlens}
         x = self.embeddings(input_ids)
         for i, layer in enumerate(self.layers):
-            x = layer(x, cache=cache.layers[i] if cache is not None else None)
+            x = layer(x, cache=cache.layers[i] if cache is not None else None, **varlen)
         return self.norm(x)
 
 
@@ -94,11 +96,20 @@ class HybridLM(nn.Module):
             nn.init.ones_(module.weight)
 
     def forward(self, input_ids: torch.Tensor, labels: torch.Tensor | None = None,
-                cache: ModelCache | None = None, return_logits: bool = True) -> LMOutput:
+                cache: ModelCache | None = None, return_logits: bool = True,
+                cu_seqlens: torch.Tensor | None = None) -> LMOutput:
         """input_ids: [B, T]. `labels[:, t]` is the target of position t (already shifted, as in
         nanoGPT; -100 is ignored). With `return_logits=False` the loss is computed chunk by chunk
-        from the hidden states and no full logits tensor is ever made."""
-        hidden = self.model(input_ids, cache=cache)
+        from the hidden states and no full logits tensor is ever made.
+
+        `cu_seqlens` (int32 [N + 1], FLA's varlen convention; input_ids [1, T]): N packed documents that
+        share nothing (GDN state, short convolution, attention and RoPE positions all restart at each).
+        The labels say which targets count: the target at a document's last position is the next
+        document's first token, so it must be -100 (`hybridlm.data.packing` builds such labels), and
+        the loss is then the mean over the documents' own next tokens."""
+        if cu_seqlens is not None and cache is not None:
+            raise ValueError("packed documents (cu_seqlens) are for training and scoring, not with a cache")
+        hidden = self.model(input_ids, cache=cache, **({} if cu_seqlens is None else {"cu_seqlens": cu_seqlens}))
         if cache is not None:
             cache.advance(input_ids.shape[1])
         loss = logits = None

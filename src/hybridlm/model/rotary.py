@@ -23,9 +23,12 @@ class RotaryEmbedding(nn.Module):
     def reset_parameters(self) -> None:
         self.inv_freq = self._inv_freq().to(self.inv_freq.device)
 
-    def forward(self, q: torch.Tensor, k: torch.Tensor, offset: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-        """q, k: [B, T, H, D]; returns both rotated, in their own dtypes."""
-        positions = torch.arange(offset, offset + q.shape[1], device=q.device)
+    def forward(self, q: torch.Tensor, k: torch.Tensor, offset: int = 0,
+                positions: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """q, k: [B, T, H, D]; returns both rotated, in their own dtypes. `positions` [T] replaces
+        offset, offset + 1, ...: packed documents count from each document's start."""
+        if positions is None:
+            positions = torch.arange(offset, offset + q.shape[1], device=q.device)
         cos, sin = (c[None, :, None, :] for c in rotary_cos_sin(self.inv_freq, positions, q.dtype))
         return apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
 

@@ -24,7 +24,13 @@ The block mask is built by `_build_block_mask` from a mask_mod, in bands of quer
 [T, T] tensor exists even while the mask is made (`create_block_mask` would evaluate the mask_mod on
 the whole [T, T] grid, about 12 bytes per entry: 50 GB at T = 65536; banded, 0.3 s and 180 MB on an
 H200). `_mask_mod(window, doc_ids)` is the one
-place the pattern is written, so a document mask can join the window there later.
+place the pattern is written.
+
+Packed documents (`cu_seqlens`, q/k/v flattened to batch 1): a query also keeps to its own document.
+On CUDA this is FlexAttention with a block mask made per batch straight from the document offsets
+(`_document_block_mask`: block-level arithmetic on [T/128, T/128], no [T, T] evaluation; blocks inside
+one document and the causal / window band are full, those a boundary or the band's edge cuts are
+partial), elsewhere the dense reference with the document term in its mask.
 """
 
 from __future__ import annotations
@@ -37,16 +43,24 @@ import torch
 import torch.nn.functional as F
 from torch.nn.attention.flex_attention import BlockMask, create_mask, flex_attention
 
+from hybridlm.ops.documents import document_ids
+
 BLOCK_SIZE = 128  # FlexAttention's default sparse block: the mask's granularity, the kernel's tile
 FLEX_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 _MASK_BUILD_ELEMENTS = 1 << 24  # mask_mod evaluations per band while building a block mask
 
 
 def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window_size: int | None,
-                     enable_gqa: bool) -> torch.Tensor:
+                     enable_gqa: bool, cu_seqlens: torch.Tensor | None = None) -> torch.Tensor:
     """Causal attention of q [B, H, T, D] over k, v [B, Hkv, T, D], each query seeing at most the last
-    `window_size` positions (itself included) when a window is given. Returns [B, H, T, D]."""
+    `window_size` positions (itself included) when a window is given. Returns [B, H, T, D].
+    With `cu_seqlens` (B = 1, packed documents) a query sees only keys of its own document."""
     t = q.shape[-2]
+    if cu_seqlens is not None:
+        doc_ids = document_ids(cu_seqlens, t)
+        if _use_flex(q):
+            return _flex_causal_attention(q, k, v, window_size, enable_gqa, doc_ids)
+        return attention_reference(q, k, v, window_size, enable_gqa, doc_ids)
     if window_size is None or t <= window_size:
         return F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=enable_gqa)
     if _use_flex(q):
@@ -55,14 +69,17 @@ def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window_s
 
 
 def attention_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window_size: int | None,
-                        enable_gqa: bool) -> torch.Tensor:
+                        enable_gqa: bool, doc_ids: torch.Tensor | None = None) -> torch.Tensor:
     """The same function through SDPA with an explicit dense [T, T] boolean mask (and k, v repeated to the
-    query heads for GQA, so that any SDPA backend can take it): the reference, and the path off CUDA."""
+    query heads for GQA, so that any SDPA backend can take it): the reference, and the path off CUDA.
+    `doc_ids` [T]: the document of each position (packed documents); keys of other documents are masked."""
     t = q.shape[-2]
     pos = torch.arange(t, device=q.device)
     allowed = pos[:, None] >= pos[None, :]
     if window_size is not None:
         allowed = allowed & (pos[:, None] - pos[None, :] < window_size)
+    if doc_ids is not None:
+        allowed = allowed & (doc_ids[:, None] == doc_ids[None, :])
     if enable_gqa and k.shape[-3] != q.shape[-3]:
         group = q.shape[-3] // k.shape[-3]
         k, v = k.repeat_interleave(group, dim=-3), v.repeat_interleave(group, dim=-3)
@@ -75,13 +92,16 @@ def _use_flex(q: torch.Tensor) -> bool:
 
 
 def _flex_causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window_size: int | None,
-                           enable_gqa: bool) -> torch.Tensor:
+                           enable_gqa: bool, doc_ids: torch.Tensor | None = None) -> torch.Tensor:
     device_type = q.device.type
     if torch.is_autocast_enabled(device_type):
         # SDPA is on autocast's list and FlexAttention is not; it wants q, k, v in one dtype
         dtype = torch.get_autocast_dtype(device_type)
         q, k, v = q.to(dtype), k.to(dtype), v.to(dtype)
-    block_mask = _window_block_mask(q.shape[-2], window_size, q.device)
+    if doc_ids is not None:
+        block_mask = _document_block_mask(doc_ids, window_size)
+    else:
+        block_mask = _window_block_mask(q.shape[-2], window_size, q.device)
     if torch.compiler.is_compiling():  # inside a compiled model: its compiler fuses FlexAttention itself
         return flex_attention(q, k, v, block_mask=block_mask, enable_gqa=enable_gqa)
     if device_type == "cuda":
@@ -100,12 +120,14 @@ def _compiled_flex_attention() -> Callable[..., torch.Tensor]:
 
 
 def _mask_mod(window_size: int | None, doc_ids: torch.Tensor | None = None):
-    """The mask_mod of causal attention within `window_size` positions (None: no window).
-
-    `doc_ids` ([B, T] document index per token) is where a document mask will join: a query will also
-    need `doc_ids[b, q_idx] == doc_ids[b, kv_idx]`. Not implemented yet."""
+    """The mask_mod of causal attention within `window_size` positions (None: no window), and, given
+    `doc_ids` ([T] document index per position of the flattened row), within the query's document."""
     if doc_ids is not None:
-        raise NotImplementedError("document masks are not implemented yet")
+        inner = _mask_mod(window_size)
+
+        def document(b, h, q_idx, kv_idx):
+            return inner(b, h, q_idx, kv_idx) & (doc_ids[q_idx] == doc_ids[kv_idx])
+        return document
     if window_size is None:
         def causal(b, h, q_idx, kv_idx):
             return q_idx >= kv_idx
@@ -157,3 +179,36 @@ def _build_block_mask(mask_mod, batch: int | None, q_len: int, kv_len: int, devi
 
     return BlockMask.from_kv_blocks(*ordered(partial), *ordered(full), BLOCK_SIZE=BLOCK_SIZE, mask_mod=mask_mod,
                                     seq_lengths=(q_len, kv_len))
+
+
+@torch.compiler.disable
+def _document_block_mask(doc_ids: torch.Tensor, window_size: int | None) -> BlockMask:
+    """The block mask of causal (+ window) attention within documents, for one batch's `doc_ids` [T]
+    (non-decreasing). Blocks are classified from their first and last positions' documents, so the
+    work is [T/128, T/128], not [T, T]: empty when no pair can be allowed (the kv block is after the
+    queries, out of the window, or in earlier documents only), full when every pair is (one document
+    spans both blocks, all keys causal and within the window, both blocks whole), else partial."""
+    t = doc_ids.shape[0]
+    n = -(-t // BLOCK_SIZE)
+    device = doc_ids.device
+    first = torch.arange(n, device=device) * BLOCK_SIZE
+    last = torch.clamp(first + BLOCK_SIZE - 1, max=t - 1)
+    whole = (last - first + 1) == BLOCK_SIZE
+    doc_lo, doc_hi = doc_ids[first], doc_ids[last]
+    q_first, q_last, k_first, k_last = first[:, None], last[:, None], first[None, :], last[None, :]
+    some = (k_first <= q_last) & (doc_hi[None, :] >= doc_lo[:, None])
+    every = ((k_last <= q_first) & (doc_lo[:, None] == doc_hi[:, None]) & (doc_hi[None, :] == doc_lo[:, None])
+             & (doc_lo[None, :] == doc_lo[:, None]) & whole[:, None] & whole[None, :])
+    if window_size is not None:
+        some = some & (q_first - k_last < window_size)
+        every = every & (q_last - k_first < window_size)
+    full = every[None, None]
+    partial = (some & ~every)[None, None]
+
+    def ordered(blocks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        dense = blocks.to(torch.int32)
+        indices = torch.argsort(dense, dim=-1, descending=True, stable=True)
+        return dense.sum(dim=-1).to(torch.int32), indices.to(torch.int32)
+
+    return BlockMask.from_kv_blocks(*ordered(partial), *ordered(full), BLOCK_SIZE=BLOCK_SIZE,
+                                    mask_mod=_mask_mod(window_size, doc_ids), seq_lengths=(t, t))

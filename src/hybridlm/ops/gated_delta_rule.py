@@ -4,6 +4,9 @@ Backends: "torch" (pure PyTorch, any device), "fla" (flash-linear-attention Trit
 and "auto" (FLA when usable for these tensors, else torch). Modes: "chunk" (training), "recurrent"
 (decoding, step by step) and "auto" (recurrent for short inputs, T <= RECURRENT_MAX_T, else chunk).
 Semantics follow FLA 0.6.0's ``chunk_gated_delta_rule`` with the state laid out [B, HV, K, V].
+With ``cu_seqlens`` (packed documents, inputs flattened to batch 1, FLA's varlen convention) the state
+restarts at every document: FLA's varlen kernels on CUDA, per-document calls of the same PyTorch
+kernels elsewhere (the definition, so the two can be compared).
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import torch
 
 from hybridlm.errors import BackendError
 from hybridlm.ops import gdn_torch
+from hybridlm.ops.documents import check_cu_seqlens, segments
 from hybridlm.ops.gdn_fla import fla_chunk_with_raw_gates, fla_gated_delta_rule, fla_usable
 
 BACKENDS = ("auto", "torch", "fla")
@@ -72,6 +76,7 @@ def check_inputs(
     g: torch.Tensor,
     beta: torch.Tensor,
     initial_state: torch.Tensor | None,
+    cu_seqlens: torch.Tensor | None = None,
 ) -> None:
     """Raise ValueError naming the first argument whose shape or device does not fit the others."""
     if q.dim() != 4:
@@ -87,9 +92,14 @@ def check_inputs(
         )
     _expect_shape("g", g, (batch, seq_len, num_v_heads), "[B, T, HV]")
     _expect_shape("beta", beta, (batch, seq_len, num_v_heads), "[B, T, HV]")
+    states = batch
+    if cu_seqlens is not None:
+        check_cu_seqlens(cu_seqlens, batch, seq_len)
+        states = cu_seqlens.numel() - 1  # one state per document
     if initial_state is not None:
-        _expect_shape("initial_state", initial_state, (batch, num_v_heads, key_dim, value_dim), "[B, HV, K, V]")
-    named = {"k": k, "v": v, "g": g, "beta": beta, "initial_state": initial_state}
+        _expect_shape("initial_state", initial_state, (states, num_v_heads, key_dim, value_dim),
+                      "[N, HV, K, V] (N documents)" if cu_seqlens is not None else "[B, HV, K, V]")
+    named = {"k": k, "v": v, "g": g, "beta": beta, "initial_state": initial_state, "cu_seqlens": cu_seqlens}
     for name, tensor in named.items():
         if tensor is not None and tensor.device != q.device:
             raise ValueError(f"{name} is on {tensor.device} but q is on {q.device}; put all inputs on one device")
@@ -107,6 +117,7 @@ def gated_delta_rule(
     backend: str = "auto",
     mode: str = "auto",
     use_qk_l2norm_in_kernel: bool = False,
+    cu_seqlens: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Gated delta rule: ``S_t = exp(g_t)(I - beta_t k_t k_t^T) S_{t-1} + beta_t k_t v_t^T``, ``o_t = S_t^T scale q_t``.
 
@@ -115,9 +126,18 @@ def gated_delta_rule(
     ``scale`` defaults to ``K ** -0.5``. With ``use_qk_l2norm_in_kernel`` q and k are first normalised
     as ``x / sqrt(sum(x^2) + 1e-6)``. Returns ``o [B, T, HV, V]`` in v's dtype and the final state
     ``[B, HV, K, V]`` (float32, or float64 for float64 inputs) when ``output_final_state``, else None.
+
+    ``cu_seqlens`` (int32 ``[N + 1]``, inputs ``[1, T, ...]``): N packed documents, each starting from its
+    own state (``initial_state`` and the final state are then ``[N, HV, K, V]``), as FLA's varlen kernels.
     """
-    check_inputs(q, k, v, g, beta, initial_state)
+    check_inputs(q, k, v, g, beta, initial_state, cu_seqlens)
     chosen_backend = resolve_backend(backend, q.device)
+    if cu_seqlens is not None and chosen_backend == "fla":
+        args = (q, k, v, g, beta, scale, initial_state, output_final_state, use_qk_l2norm_in_kernel)
+        return fla_gated_delta_rule(*args, mode="chunk", cu_seqlens=cu_seqlens)
+    if cu_seqlens is not None:
+        return _per_document(q, k, v, g, beta, scale, initial_state, output_final_state, mode,
+                             use_qk_l2norm_in_kernel, cu_seqlens)
     chosen_mode = resolve_mode(mode, q.shape[1])
     args = (q, k, v, g, beta, scale, initial_state, output_final_state, use_qk_l2norm_in_kernel)
     if chosen_backend == "fla":
@@ -125,6 +145,22 @@ def gated_delta_rule(
     if chosen_mode == "chunk":
         return gdn_torch.chunk_gated_delta_rule(*args)
     return gdn_torch.recurrent_gated_delta_rule(*args)
+
+
+def _per_document(q, k, v, g, beta, scale, initial_state, output_final_state, mode, use_qk_l2norm_in_kernel,
+                  cu_seqlens) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The varlen semantics in PyTorch: each document through the PyTorch kernels on its own, from its own
+    state. Exact by construction (nothing crosses a boundary); the cost is one kernel call per document."""
+    outputs, finals = [], []
+    for d, (start, end) in enumerate(segments(cu_seqlens)):
+        state = None if initial_state is None else initial_state[d:d + 1]
+        piece = (x[:, start:end] for x in (q, k, v, g, beta))
+        kernel = (gdn_torch.chunk_gated_delta_rule if resolve_mode(mode, end - start) == "chunk"
+                  else gdn_torch.recurrent_gated_delta_rule)
+        o, final = kernel(*piece, scale, state, output_final_state, use_qk_l2norm_in_kernel)
+        outputs.append(o)
+        finals.append(final)
+    return torch.cat(outputs, dim=1), (torch.cat(finals) if output_final_state else None)
 
 
 def gated_delta_rule_with_gates(
@@ -137,20 +173,25 @@ def gated_delta_rule_with_gates(
     dt_bias: torch.Tensor,
     allow_neg_eigval: bool = False,
     backend: str = "auto",
+    cu_seqlens: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """The GDN layer's training call, from its raw gate projections (no state in or out).
 
     ``beta = sigmoid(b)`` (x2 with ``allow_neg_eigval``), ``g = -exp(A_log) * softplus(a + dt_bias)``,
     q and k L2-normalised, then the gated delta rule. With FLA the gates and norms are fused into its
     chunk kernel, exactly as FLA's own layer calls it; this is the function the model trains with, so
-    ``hybridlm verify`` checks this call. a, b: ``[B, T, HV]``; A_log, dt_bias: ``[HV]``.
+    ``hybridlm verify`` checks this call. a, b: ``[B, T, HV]``; A_log, dt_bias: ``[HV]``. ``cu_seqlens``:
+    packed documents (batch 1), the state restarting at each, as in ``gated_delta_rule``.
     """
     if backend == "fla" or (backend == "auto" and resolve_backend("auto", q.device) == "fla"):
-        return fla_chunk_with_raw_gates(q, k, v, a, b, A_log, dt_bias, allow_neg_eigval)
+        if cu_seqlens is not None:
+            check_cu_seqlens(cu_seqlens, q.shape[0], q.shape[1])
+        return fla_chunk_with_raw_gates(q, k, v, a, b, A_log, dt_bias, allow_neg_eigval, cu_seqlens)
     acc = torch.promote_types(q.dtype, torch.float32)  # gates in float32 (float64 in tests)
     beta = b.to(acc).sigmoid()
     if allow_neg_eigval:
         beta = beta * 2.0
     g = -A_log.to(acc).exp() * torch.nn.functional.softplus(a.to(acc) + dt_bias.to(acc))
-    o, _ = gated_delta_rule(q, k, v, g, beta, backend="torch", use_qk_l2norm_in_kernel=True)
+    o, _ = gated_delta_rule(q, k, v, g, beta, backend="torch", use_qk_l2norm_in_kernel=True,
+                            cu_seqlens=cu_seqlens)
     return o

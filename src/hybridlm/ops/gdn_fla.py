@@ -72,11 +72,13 @@ def fla_gated_delta_rule(
     output_final_state: bool,
     use_qk_l2norm_in_kernel: bool,
     mode: str,
+    cu_seqlens: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Run FLA's chunk (training) or fused recurrent (decoding) kernel with state layout [B, HV, K, V].
 
     FLA 0.6.0's fused recurrent kernel has no backward pass, so when autograd needs gradients the
-    chunk kernel is used instead (same math, any T).
+    chunk kernel is used instead (same math, any T). `cu_seqlens` (batch 1) goes to FLA's varlen path,
+    passed only when given, so the call without it is unchanged.
     """
     usable, reason = fla_usable(q.device)
     if not usable:
@@ -87,8 +89,10 @@ def fla_gated_delta_rule(
         t is not None and t.requires_grad for t in (q, k, v, g, beta, initial_state)
     )
     kernel = fused_recurrent_gated_delta_rule if mode == "recurrent" and not needs_grad else chunk_gated_delta_rule
+    varlen = {} if cu_seqlens is None else {"cu_seqlens": cu_seqlens}
     # Keywords only: fused_recurrent's positional order is (q, k, v, g, gk, gv, beta, ...).
     return kernel(
+        **varlen,
         q=q,
         k=k,
         v=v,
@@ -111,6 +115,7 @@ def fla_chunk_with_raw_gates(
     A_log: torch.Tensor,
     dt_bias: torch.Tensor,
     allow_neg_eigval: bool,
+    cu_seqlens: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Training forward with the gates fused into FLA's chunk kernel, as FLA's own layer calls it.
 
@@ -122,15 +127,19 @@ def fla_chunk_with_raw_gates(
     usable, reason = fla_usable(q.device)
     if not usable:
         raise BackendError(f"backend='fla' unavailable: {reason}")
-    return fla_function_with_raw_gates(q, k, v, a, b, A_log, dt_bias, allow_neg_eigval)
+    return fla_function_with_raw_gates(q, k, v, a, b, A_log, dt_bias, allow_neg_eigval, cu_seqlens)
 
 
-def fla_function_with_raw_gates(q, k, v, a, b, A_log, dt_bias, allow_neg_eigval: bool) -> torch.Tensor:
+def fla_function_with_raw_gates(q, k, v, a, b, A_log, dt_bias, allow_neg_eigval: bool,
+                                cu_seqlens: torch.Tensor | None = None) -> torch.Tensor:
     """The training call through FLA's own `chunk_gated_delta_rule` (its autograd.Function, which
-    saves its intermediates for the backward), as FLA's GatedDeltaNet layer makes it; no checks."""
+    saves its intermediates for the backward), as FLA's GatedDeltaNet layer makes it; no checks.
+    With `cu_seqlens` (packed documents, batch 1) FLA's varlen path restarts the state at each."""
     from fla.ops.gated_delta_rule import chunk_gated_delta_rule
 
+    varlen = {} if cu_seqlens is None else {"cu_seqlens": cu_seqlens}
     o, _ = chunk_gated_delta_rule(
+        **varlen,
         q=q, k=k, v=v, g=a, beta=b, initial_state=None, output_final_state=False,
         use_qk_l2norm_in_kernel=True, use_beta_sigmoid_in_kernel=True, allow_neg_eigval=allow_neg_eigval,
         state_v_first=True, use_gate_in_kernel=True, A_log=A_log, dt_bias=dt_bias)

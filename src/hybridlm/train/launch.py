@@ -82,6 +82,7 @@ def _train_locked(run: RunDir, config: Config, checkpoint: Path | None, progress
         run.prepare()
 
     from hybridlm.data import TrainSampler, prepare_data, validation_batches
+    from hybridlm.data.packing import batch_for
     from hybridlm.runs.plots import plot_training_curves
     from hybridlm.train.setup import build_training
     from hybridlm.train.trainer import Trainer
@@ -99,15 +100,16 @@ def _train_locked(run: RunDir, config: Config, checkpoint: Path | None, progress
     torch.manual_seed(config.train.seed)
     parts = build_training(config, precision, proc.world_size)
     kernels = parts.model.kernels.describe()
+    packing, eos_id = config.data.packing, data.tokenizer.eos_id
     sampler = TrainSampler(data.train_tokens, config.train.batch_size, config.data.seq_len, seed=config.data.seed,
                            on_exhausted=config.data.on_exhausted, rank=proc.rank, world_size=proc.world_size,
-                           pin_memory=device.type == "cuda")
+                           pin_memory=device.type == "cuda", packing=packing, eos_id=eos_id)
     # the fixed validation set is made of global batches (batch_size x ranks when the run started, kept on
     # resume); each rank scores its rows, so a run evaluates the same windows whatever its number of processes
     val_rows = config.train.batch_size * proc.world_size
     if checkpoint is not None:
         val_rows = recorded_validation_rows(read_trainer_state(checkpoint), config)
-    val = [batch[proc.rank::proc.world_size] for batch in validation_batches(
+    val = [batch_for(batch[proc.rank::proc.world_size], packing, eos_id) for batch in validation_batches(
         data.val_tokens, val_rows, config.data.seq_len, config.train.eval_batches)]
     trainer = Trainer(config, run, parts, precision, sampler, val, progress=progress, stop=stop,
                       val_batch_rows=val_rows)

@@ -47,12 +47,14 @@ def compiled_layer_types(setting: bool | str, config: Config, device: torch.devi
     return ("attention",) if device.type == "cuda" else ()
 
 
-def compile_blocks(model: HybridLM, layer_types: tuple[str, ...] = ("gdn", "attention")) -> None:
+def compile_blocks(model: HybridLM, layer_types: tuple[str, ...] = ("gdn", "attention"),
+                   documents: bool = False) -> None:
     """Compile the blocks of `layer_types` in place (parameter names unchanged), with the kernel record
     for compiled code: PyTorch norms / SwiGLU / conv that Inductor fuses, FLA only for the GDN chunk
     kernel (a custom op the graph traces through); the loss stays outside the blocks. Every block is one
     graph (`fullgraph=True`, so a graph break is an error, not a silent slowdown) except attention
-    blocks whose sliding window cuts: their cached block-mask lookup stays outside the graph."""
+    blocks whose sliding window cuts: their cached block-mask lookup stays outside the graph, and attention
+    blocks of packed `documents`, whose per-batch document block mask is built outside it."""
     from hybridlm.model.kernels import resolve_kernels
 
     model.compiled_layers = tuple(i for i, t in enumerate(model.config.layer_types) if t in layer_types)
@@ -62,7 +64,7 @@ def compile_blocks(model: HybridLM, layer_types: tuple[str, ...] = ("gdn", "atte
     windowed = model.config.attention.window_size is not None
     for i in model.compiled_layers:
         block = model.model.layers[i]
-        block.compile(fullgraph=block.layer_type == "gdn" or not windowed)
+        block.compile(fullgraph=block.layer_type == "gdn" or not (windowed or documents))
 
 
 def build_training(config: Config, precision: Precision, world_size: int = 1) -> TrainingParts:
@@ -84,7 +86,7 @@ def build_training(config: Config, precision: Precision, world_size: int = 1) ->
     layer_types = compiled_layer_types(t.compile, config, precision.device)
     compiled = any(t in layer_types for t in config.model.layer_types)
     if compiled:
-        compile_blocks(model, layer_types)
+        compile_blocks(model, layer_types, documents=config.data.packing == "documents")
     grouped = dist.is_available() and dist.is_initialized()
     auto_needs = t.parallel == "auto" and world_size > 1  # only then does the memory decide
     mode = parallel_mode(t.parallel, world_size, grouped=grouped, replicate=t.fsdp.replicate,

@@ -29,7 +29,7 @@ from hybridlm.train.schedule import lr_at
 from hybridlm.train.parallel import agree_any, all_reduce_sum, is_sharded
 from hybridlm.train.signals import GracefulStop
 from hybridlm.train.setup import TrainingParts
-from hybridlm.train.step import StepResult, train_step, validation_stats
+from hybridlm.train.step import StepResult, model_inputs, train_step, validation_stats
 
 PEAK_BF16_FLOPS = {"H100": 989e12, "H200": 989e12, "H800": 989e12, "A100": 312e12, "L40S": 362e12,
                    "RTX 4090": 165e12}
@@ -246,9 +246,9 @@ class Trainer:
         hits = torch.zeros((), dtype=torch.long, device=self.device)
         count = torch.zeros((), dtype=torch.long, device=self.device)
         for batch in self.val_batches:  # this rank's rows of each global validation batch (launch.py)
-            batch = batch.to(self.device, non_blocking=True)
+            inputs, labels, varlen = model_inputs(batch.to(self.device, non_blocking=True))
             with self.precision.autocast():
-                s, h, c = validation_stats(model, batch[:, :-1], batch[:, 1:])
+                s, h, c = validation_stats(model, inputs, labels, **varlen)
             loss_sum += s.double()
             hits += h
             count += c
