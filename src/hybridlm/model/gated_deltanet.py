@@ -27,7 +27,7 @@ from hybridlm.model.cache import GDNCache
 from hybridlm.model.kernels import TORCH_KERNELS, Kernels
 from hybridlm.model.norm import GatedRMSNorm, RMSNorm
 from hybridlm.model.short_conv import ShortConvolution, conv_with_tail
-from hybridlm.ops.decode_step import gdn_gates
+from hybridlm.ops.gdn_torch import gdn_gates
 
 
 class GatedDeltaNet(nn.Module):

@@ -25,17 +25,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from hybridlm.ops.gdn_torch import recurrent_gated_delta_rule
-
-
-def gdn_gates(a: torch.Tensor, b: torch.Tensor, A_log: torch.Tensor, dt_bias: torch.Tensor, allow_neg_eigval: bool,
-              dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-    """(g, beta) in `dtype` from the raw a_proj / b_proj outputs, as the layer's training call computes them."""
-    beta = b.to(dtype).sigmoid()
-    if allow_neg_eigval:
-        beta = beta * 2.0
-    g = -A_log.to(dtype).exp() * F.softplus(a.to(dtype) + dt_bias.to(dtype))
-    return g, beta
+from hybridlm.ops.gdn_torch import gdn_gates, recurrent_gated_delta_rule
 
 
 def torch_gdn_step(q, k, v, a, b, A_log, dt_bias, allow_neg_eigval: bool, state: torch.Tensor) -> torch.Tensor:

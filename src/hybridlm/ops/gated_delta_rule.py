@@ -187,11 +187,8 @@ def gated_delta_rule_with_gates(
         if cu_seqlens is not None:
             check_cu_seqlens(cu_seqlens, q.shape[0], q.shape[1])
         return fla_chunk_with_raw_gates(q, k, v, a, b, A_log, dt_bias, allow_neg_eigval, cu_seqlens)
-    acc = torch.promote_types(q.dtype, torch.float32)  # gates in float32 (float64 in tests)
-    beta = b.to(acc).sigmoid()
-    if allow_neg_eigval:
-        beta = beta * 2.0
-    g = -A_log.to(acc).exp() * torch.nn.functional.softplus(a.to(acc) + dt_bias.to(acc))
+    g, beta = gdn_torch.gdn_gates(a, b, A_log, dt_bias, allow_neg_eigval,
+                                  torch.promote_types(q.dtype, torch.float32))  # float64 in tests
     o, _ = gated_delta_rule(q, k, v, g, beta, backend="torch", use_qk_l2norm_in_kernel=True,
                             cu_seqlens=cu_seqlens)
     return o

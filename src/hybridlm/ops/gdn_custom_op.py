@@ -24,14 +24,13 @@ from __future__ import annotations
 import torch
 
 from hybridlm.ops.gdn_torch import chunk_gated_delta_rule as torch_chunk_gated_delta_rule
+from hybridlm.ops.gdn_torch import gdn_gates
 
 Tensor = torch.Tensor
 
 
 def _torch_forward(q, k, v, a, b, A_log, dt_bias, allow_neg_eigval) -> Tensor:
-    acc = torch.promote_types(q.dtype, torch.float32)  # gates in float32 (float64 in tests)
-    beta = b.to(acc).sigmoid() * (2.0 if allow_neg_eigval else 1.0)
-    g = -A_log.to(acc).exp() * torch.nn.functional.softplus(a.to(acc) + dt_bias.to(acc))
+    g, beta = gdn_gates(a, b, A_log, dt_bias, allow_neg_eigval, torch.promote_types(q.dtype, torch.float32))
     o, _ = torch_chunk_gated_delta_rule(q, k, v, g, beta, None, None, False, True)
     return o
 

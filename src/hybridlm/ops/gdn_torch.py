@@ -212,3 +212,13 @@ def chunk_gated_delta_rule(
     o = (q * torch.exp(log_decay)[..., None]) @ start_states_all + query_key @ updates_all
     o = o.reshape(batch, heads, num_chunks * chunk_size, value_dim)[:, :, :seq_len]
     return o.transpose(1, 2).to(out_dtype), (state if output_final_state else None)
+
+
+def gdn_gates(a: torch.Tensor, b: torch.Tensor, A_log: torch.Tensor, dt_bias: torch.Tensor, allow_neg_eigval: bool,
+              dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """(g, beta) in `dtype` from the raw a_proj / b_proj outputs, as the layer's training call computes them."""
+    beta = b.to(dtype).sigmoid()
+    if allow_neg_eigval:
+        beta = beta * 2.0
+    g = -A_log.to(dtype).exp() * F.softplus(a.to(dtype) + dt_bias.to(dtype))
+    return g, beta
